@@ -1,0 +1,75 @@
+//! The root context: reads and validates the plugin configuration once, then hands every
+//! stream the ready settings and counters.
+
+use super::http_context::ModelRouterStream;
+use super::metrics::Metrics;
+use crate::config::Settings;
+use log::{error, info, LevelFilter};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::rc::Rc;
+
+/// What every stream of one plugin shares.
+#[derive(Debug)]
+pub struct Plugin {
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+pub struct ModelRouterRoot {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for ModelRouterRoot {}
+
+impl RootContext for ModelRouterRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        if let Ok(level) = hostcalls::get_log_level() {
+            log::set_max_level(level_filter(level));
+        }
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let settings = match Settings::parse(&config) {
+            Ok(settings) => settings,
+            Err(e) => {
+                error!("model-router: {e}; the plugin refuses to start");
+                return false;
+            }
+        };
+        let metrics = match Metrics::define() {
+            Ok(metrics) => metrics,
+            Err(status) => {
+                error!("model-router: cannot define counters ({status:?}); the plugin refuses to start");
+                return false;
+            }
+        };
+        info!(
+            "model-router: routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
+            settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model
+        );
+        self.plugin = Some(Rc::new(Plugin { settings, metrics }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Envoy creates streams only for a plugin whose on_configure succeeded.
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(ModelRouterStream::new(plugin)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Trace => LevelFilter::Trace,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Critical => LevelFilter::Error,
+    }
+}

@@ -1,0 +1,885 @@
+//! Incremental JSON scanner that finds the top-level `"model"` string of a request body.
+//!
+//! [`ModelScanner`] is fed the body chunk by chunk, in order, and looks at every byte exactly
+//! once; a key, a value, an escape or a UTF-8 sequence may be split at any byte. It keeps a
+//! fixed amount of state whatever the body size: nesting is a depth counter plus one bit per
+//! level (object or array), never recursion, and the only buffer is the decoded model name,
+//! capped at the configured maximum.
+//!
+//! It accepts exactly RFC 8259 JSON whose top-level value is an object, with these limits:
+//! - nesting deeper than [`MAX_DEPTH`] is refused (serde_json's own limit is 127);
+//! - a UTF-8 byte order mark is refused, as serde_json does;
+//! - numbers are checked against the grammar only: `1e999` is accepted;
+//! - escapes must form valid Unicode: a lone surrogate (`"\ud800"`) is refused everywhere.
+//!
+//! Only a key of the top-level object counts as the model key, compared after escapes are
+//! decoded (`"mod\u0065l"` is `model`). The first problem in byte order decides the error, so
+//! a body is refused as soon as it is known to be unacceptable: a second top-level `model`
+//! key, a model value that is not a string, a model longer than the limit, or a syntax error.
+
+use std::fmt;
+
+/// Deepest nesting of objects and arrays accepted, the top-level object included.
+pub const MAX_DEPTH: u32 = 128;
+
+const MODEL_KEY: &[u8] = b"model";
+/// `key_matched` value once the key being read can no longer be `model`.
+const KEY_MISMATCH: u8 = u8::MAX;
+
+/// Why a body was refused by the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanError {
+    /// The body is not valid JSON; `offset` is the index of the offending byte (or the body
+    /// length when it ends too early).
+    Syntax { offset: u64, kind: SyntaxError },
+    /// The body is valid up to a top-level value that is not an object.
+    NotAnObject,
+    /// The top-level object has a second `model` key.
+    DuplicateModel,
+    /// The top-level `model` value is not a string.
+    ModelNotString,
+    /// The decoded model name is longer than the limit, in bytes.
+    ModelTooLong { limit: usize },
+}
+
+/// The kind of JSON syntax error, each with a message that names what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyntaxError {
+    Empty,
+    Truncated,
+    Expected(&'static str),
+    ControlCharacterInString,
+    InvalidEscape,
+    InvalidUnicodeEscape,
+    InvalidUtf8,
+    TooDeep,
+    TrailingData,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the body holds no JSON value"),
+            Self::Truncated => f.write_str("the body ends before the JSON object does"),
+            Self::Expected(what) => write!(f, "expected {what}"),
+            Self::ControlCharacterInString => {
+                f.write_str("control characters must be escaped in strings")
+            }
+            Self::InvalidEscape => f.write_str("invalid escape sequence in string"),
+            Self::InvalidUnicodeEscape => {
+                f.write_str("invalid \\u escape (bad hex digit or unpaired surrogate)")
+            }
+            Self::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            Self::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH} levels"),
+            Self::TrailingData => f.write_str("unexpected data after the JSON object"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the top-level value.
+    Start,
+    /// After `{`: a key or `}`.
+    ObjectFirst,
+    /// After `,` in an object: a key.
+    ObjectNext,
+    /// After a key: `:`.
+    Colon,
+    /// After `:`, or `,` in an array: a value.
+    Value,
+    /// After `[`: a value or `]`.
+    ArrayFirst,
+    /// After a value inside a container: `,` or the closing bracket.
+    AfterValue,
+    /// After the top-level object: whitespace only.
+    Done,
+    String,
+    Escape,
+    /// Inside `\uXXXX`, `hex_digits` read so far.
+    Unicode,
+    /// After a high-surrogate escape: expects `\`.
+    LowSurrogateBackslash,
+    /// After a high-surrogate escape and `\`: expects `u`.
+    LowSurrogateU,
+    /// Inside a multi-byte UTF-8 sequence, `utf8_pending` continuation bytes to go.
+    Utf8,
+    NumberMinus,
+    NumberZero,
+    NumberInt,
+    NumberDot,
+    NumberFraction,
+    NumberExponent,
+    NumberExponentSign,
+    NumberExponentDigits,
+    /// Inside `true`, `false` or `null`; `literal[literal_pos..]` is still to come.
+    Literal,
+}
+
+/// What the string being read is, which decides what happens to its decoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StringRole {
+    /// Any string whose content does not matter: validated, not decoded.
+    Other,
+    /// A key of the top-level object, compared with `model` as it is decoded.
+    TopLevelKey,
+    /// The value of the top-level `model` key, decoded into `model`.
+    Model,
+}
+
+/// Finds the top-level `model` string of a JSON object fed in chunks. See the module docs.
+#[derive(Debug)]
+pub struct ModelScanner {
+    state: State,
+    role: StringRole,
+    /// The string being read is an object key.
+    in_key: bool,
+    depth: u32,
+    /// Bit `d` is set when the container at depth `d + 1` is an array.
+    arrays: u128,
+    /// Bytes of `model` matched so far by the top-level key being read, or `KEY_MISMATCH`.
+    key_matched: u8,
+    /// The value being started belongs to the top-level `model` key.
+    model_value_next: bool,
+    model_key_seen: bool,
+    model: Option<Vec<u8>>,
+    max_model_bytes: usize,
+    hex_digits: u8,
+    code_unit: u32,
+    high_surrogate: u32,
+    utf8_pending: u8,
+    utf8_low: u8,
+    utf8_high: u8,
+    literal: &'static [u8],
+    literal_pos: u8,
+    /// Bytes consumed by earlier chunks.
+    consumed: u64,
+}
+
+impl ModelScanner {
+    /// A scanner that refuses model names longer than `max_model_bytes` once decoded.
+    pub fn new(max_model_bytes: usize) -> Self {
+        Self {
+            state: State::Start,
+            role: StringRole::Other,
+            in_key: false,
+            depth: 0,
+            arrays: 0,
+            key_matched: 0,
+            model_value_next: false,
+            model_key_seen: false,
+            model: None,
+            max_model_bytes,
+            hex_digits: 0,
+            code_unit: 0,
+            high_surrogate: 0,
+            utf8_pending: 0,
+            utf8_low: 0,
+            utf8_high: 0,
+            literal: b"",
+            literal_pos: 0,
+            consumed: 0,
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Scans the next chunk of the body. After an error the scanner must not be fed again.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ScanError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.state == State::String && self.role == StringRole::Other {
+                i += plain_string_run(&chunk[i..]);
+                if i == chunk.len() {
+                    break;
+                }
+            }
+            let byte = chunk[i];
+            match self.step(byte) {
+                Ok(Step::Next) => i += 1,
+                Ok(Step::Again) => {}
+                Err(error) => return Err(self.locate(error, i)),
+            }
+        }
+        self.consumed += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the body: the decoded model name if the object had a top-level `model` key.
+    pub fn finish(self) -> Result<Option<Vec<u8>>, ScanError> {
+        match self.state {
+            State::Done => Ok(self.model),
+            State::Start => Err(ScanError::Syntax {
+                offset: self.consumed,
+                kind: SyntaxError::Empty,
+            }),
+            _ => Err(ScanError::Syntax {
+                offset: self.consumed,
+                kind: SyntaxError::Truncated,
+            }),
+        }
+    }
+
+    fn locate(&self, error: Error, index: usize) -> ScanError {
+        match error {
+            Error::Syntax(kind) => ScanError::Syntax {
+                offset: self.consumed + index as u64,
+                kind,
+            },
+            Error::Scan(error) => error,
+        }
+    }
+
+    #[inline]
+    fn step(&mut self, byte: u8) -> Result<Step, Error> {
+        match self.state {
+            State::String => match byte {
+                b'"' => self.end_string()?,
+                b'\\' => self.state = State::Escape,
+                0x00..=0x1f => return Err(SyntaxError::ControlCharacterInString.into()),
+                0x80..=0xff => self.start_utf8(byte)?,
+                _ => self.push(byte)?,
+            },
+            State::Value => {
+                if !is_whitespace(byte) {
+                    self.start_value(byte, "a JSON value")?;
+                }
+            }
+            State::AfterValue => match byte {
+                b',' if self.in_array() => self.state = State::Value,
+                b',' => self.state = State::ObjectNext,
+                b']' if self.in_array() => self.close(),
+                b'}' if !self.in_array() => self.close(),
+                _ if is_whitespace(byte) => {}
+                _ if self.in_array() => return Err(SyntaxError::Expected("',' or ']'").into()),
+                _ => return Err(SyntaxError::Expected("',' or '}'").into()),
+            },
+            State::ObjectFirst => match byte {
+                b'"' => self.start_key(),
+                b'}' => self.close(),
+                _ if is_whitespace(byte) => {}
+                _ => return Err(SyntaxError::Expected("a string key or '}'").into()),
+            },
+            State::ObjectNext => match byte {
+                b'"' => self.start_key(),
+                _ if is_whitespace(byte) => {}
+                _ => return Err(SyntaxError::Expected("a string key").into()),
+            },
+            State::Colon => match byte {
+                b':' => self.state = State::Value,
+                _ if is_whitespace(byte) => {}
+                _ => return Err(SyntaxError::Expected("':' after an object key").into()),
+            },
+            State::ArrayFirst => match byte {
+                b']' => self.close(),
+                _ if is_whitespace(byte) => {}
+                _ => self.start_value(byte, "a JSON value or ']'")?,
+            },
+            State::Start => match byte {
+                b'{' => self.open(false)?,
+                b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                    return Err(ScanError::NotAnObject.into())
+                }
+                _ if is_whitespace(byte) => {}
+                _ => return Err(SyntaxError::Expected("'{' to start the request object").into()),
+            },
+            State::Done => {
+                if !is_whitespace(byte) {
+                    return Err(SyntaxError::TrailingData.into());
+                }
+            }
+            State::Escape => {
+                let decoded = match byte {
+                    b'"' | b'\\' | b'/' => byte,
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'u' => {
+                        self.start_unicode();
+                        return Ok(Step::Next);
+                    }
+                    _ => return Err(SyntaxError::InvalidEscape.into()),
+                };
+                self.state = State::String;
+                self.push(decoded)?;
+            }
+            State::Unicode => {
+                let digit = match byte {
+                    b'0'..=b'9' => byte - b'0',
+                    b'a'..=b'f' => byte - b'a' + 10,
+                    b'A'..=b'F' => byte - b'A' + 10,
+                    _ => return Err(SyntaxError::InvalidUnicodeEscape.into()),
+                };
+                self.code_unit = self.code_unit << 4 | u32::from(digit);
+                self.hex_digits += 1;
+                if self.hex_digits == 4 {
+                    self.end_unicode()?;
+                }
+            }
+            State::LowSurrogateBackslash => match byte {
+                b'\\' => self.state = State::LowSurrogateU,
+                _ => return Err(SyntaxError::InvalidUnicodeEscape.into()),
+            },
+            State::LowSurrogateU => match byte {
+                b'u' => self.start_unicode(),
+                _ => return Err(SyntaxError::InvalidUnicodeEscape.into()),
+            },
+            State::Utf8 => {
+                if byte < self.utf8_low || byte > self.utf8_high {
+                    return Err(SyntaxError::InvalidUtf8.into());
+                }
+                self.push(byte)?;
+                self.utf8_low = 0x80;
+                self.utf8_high = 0xbf;
+                self.utf8_pending -= 1;
+                if self.utf8_pending == 0 {
+                    self.state = State::String;
+                }
+            }
+            State::NumberMinus => match byte {
+                b'0' => self.state = State::NumberZero,
+                b'1'..=b'9' => self.state = State::NumberInt,
+                _ => return Err(SyntaxError::Expected("a digit after '-'").into()),
+            },
+            State::NumberZero => return Ok(self.number_tail(byte, false)),
+            State::NumberInt => return Ok(self.number_tail(byte, true)),
+            State::NumberDot => match byte {
+                b'0'..=b'9' => self.state = State::NumberFraction,
+                _ => return Err(SyntaxError::Expected("a digit after '.'").into()),
+            },
+            State::NumberFraction => match byte {
+                b'0'..=b'9' => {}
+                b'e' | b'E' => self.state = State::NumberExponent,
+                _ => return Ok(self.end_number()),
+            },
+            State::NumberExponent => match byte {
+                b'+' | b'-' => self.state = State::NumberExponentSign,
+                b'0'..=b'9' => self.state = State::NumberExponentDigits,
+                _ => return Err(SyntaxError::Expected("a digit or sign in the exponent").into()),
+            },
+            State::NumberExponentSign => match byte {
+                b'0'..=b'9' => self.state = State::NumberExponentDigits,
+                _ => return Err(SyntaxError::Expected("a digit in the exponent").into()),
+            },
+            State::NumberExponentDigits => match byte {
+                b'0'..=b'9' => {}
+                _ => return Ok(self.end_number()),
+            },
+            State::Literal => {
+                if byte != self.literal[usize::from(self.literal_pos)] {
+                    return Err(SyntaxError::Expected("'true', 'false' or 'null'").into());
+                }
+                self.literal_pos += 1;
+                if usize::from(self.literal_pos) == self.literal.len() {
+                    self.end_value();
+                }
+            }
+        }
+        Ok(Step::Next)
+    }
+
+    fn in_array(&self) -> bool {
+        self.arrays >> (self.depth - 1) & 1 == 1
+    }
+
+    fn open(&mut self, array: bool) -> Result<(), Error> {
+        if self.depth == MAX_DEPTH {
+            return Err(SyntaxError::TooDeep.into());
+        }
+        let bit = 1u128 << self.depth;
+        if array {
+            self.arrays |= bit;
+        } else {
+            self.arrays &= !bit;
+        }
+        self.depth += 1;
+        self.state = if array {
+            State::ArrayFirst
+        } else {
+            State::ObjectFirst
+        };
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.depth -= 1;
+        self.end_value();
+    }
+
+    fn end_value(&mut self) {
+        self.state = if self.depth == 0 {
+            State::Done
+        } else {
+            State::AfterValue
+        };
+    }
+
+    fn start_value(&mut self, byte: u8, expected: &'static str) -> Result<(), Error> {
+        let is_model = std::mem::take(&mut self.model_value_next);
+        match byte {
+            b'"' if is_model => {
+                self.model = Some(Vec::new());
+                self.start_string(StringRole::Model);
+                return Ok(());
+            }
+            b'"' => self.start_string(StringRole::Other),
+            b'{' => self.open(false)?,
+            b'[' => self.open(true)?,
+            b'-' => self.state = State::NumberMinus,
+            b'0' => self.state = State::NumberZero,
+            b'1'..=b'9' => self.state = State::NumberInt,
+            b't' => self.start_literal(b"true"),
+            b'f' => self.start_literal(b"false"),
+            b'n' => self.start_literal(b"null"),
+            _ => return Err(SyntaxError::Expected(expected).into()),
+        }
+        if is_model {
+            return Err(ScanError::ModelNotString.into());
+        }
+        Ok(())
+    }
+
+    fn start_literal(&mut self, literal: &'static [u8]) {
+        self.literal = literal;
+        self.literal_pos = 1;
+        self.state = State::Literal;
+    }
+
+    fn start_key(&mut self) {
+        self.in_key = true;
+        if self.depth == 1 {
+            self.key_matched = 0;
+            self.start_string(StringRole::TopLevelKey);
+        } else {
+            self.start_string(StringRole::Other);
+        }
+    }
+
+    fn start_string(&mut self, role: StringRole) {
+        self.role = role;
+        self.state = State::String;
+    }
+
+    fn end_string(&mut self) -> Result<(), Error> {
+        let role = std::mem::replace(&mut self.role, StringRole::Other);
+        if !std::mem::take(&mut self.in_key) {
+            self.end_value();
+            return Ok(());
+        }
+        if role == StringRole::TopLevelKey && usize::from(self.key_matched) == MODEL_KEY.len() {
+            if self.model_key_seen {
+                return Err(ScanError::DuplicateModel.into());
+            }
+            self.model_key_seen = true;
+            self.model_value_next = true;
+        }
+        self.state = State::Colon;
+        Ok(())
+    }
+
+    /// Takes one decoded byte of the current string.
+    #[inline]
+    fn push(&mut self, byte: u8) -> Result<(), Error> {
+        match self.role {
+            StringRole::Other => {}
+            StringRole::TopLevelKey => {
+                let matched = usize::from(self.key_matched);
+                self.key_matched = if MODEL_KEY.get(matched) == Some(&byte) {
+                    self.key_matched + 1
+                } else {
+                    KEY_MISMATCH
+                };
+            }
+            StringRole::Model => {
+                if let Some(model) = &mut self.model {
+                    if model.len() == self.max_model_bytes {
+                        return Err(ScanError::ModelTooLong {
+                            limit: self.max_model_bytes,
+                        }
+                        .into());
+                    }
+                    model.push(byte);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_utf8(&mut self, lead: u8) -> Result<(), Error> {
+        let (pending, low, high) = match lead {
+            0xc2..=0xdf => (1, 0x80, 0xbf),
+            0xe0 => (2, 0xa0, 0xbf),
+            0xe1..=0xec | 0xee..=0xef => (2, 0x80, 0xbf),
+            0xed => (2, 0x80, 0x9f),
+            0xf0 => (3, 0x90, 0xbf),
+            0xf1..=0xf3 => (3, 0x80, 0xbf),
+            0xf4 => (3, 0x80, 0x8f),
+            _ => return Err(SyntaxError::InvalidUtf8.into()),
+        };
+        self.push(lead)?;
+        self.utf8_pending = pending;
+        self.utf8_low = low;
+        self.utf8_high = high;
+        self.state = State::Utf8;
+        Ok(())
+    }
+
+    fn start_unicode(&mut self) {
+        self.hex_digits = 0;
+        self.code_unit = 0;
+        self.state = State::Unicode;
+    }
+
+    fn end_unicode(&mut self) -> Result<(), Error> {
+        let unit = self.code_unit;
+        let high = std::mem::take(&mut self.high_surrogate);
+        let scalar = match (high, unit) {
+            (0, 0xd800..=0xdbff) => {
+                self.high_surrogate = unit;
+                self.state = State::LowSurrogateBackslash;
+                return Ok(());
+            }
+            (0, 0xdc00..=0xdfff) => return Err(SyntaxError::InvalidUnicodeEscape.into()),
+            (0, _) => unit,
+            (_, 0xdc00..=0xdfff) => 0x10000 + ((high - 0xd800) << 10) + (unit - 0xdc00),
+            _ => return Err(SyntaxError::InvalidUnicodeEscape.into()),
+        };
+        self.state = State::String;
+        if self.role != StringRole::Other {
+            // Every value reaching here is a Unicode scalar value: surrogates were paired above.
+            let ch = char::from_u32(scalar).ok_or(SyntaxError::InvalidUnicodeEscape)?;
+            let mut utf8 = [0; 4];
+            for &byte in ch.encode_utf8(&mut utf8).as_bytes() {
+                self.push(byte)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles the byte after `0` (`digits` false) or after a digit of the integer part.
+    fn number_tail(&mut self, byte: u8, digits: bool) -> Step {
+        match byte {
+            b'0'..=b'9' if digits => {}
+            b'.' => self.state = State::NumberDot,
+            b'e' | b'E' => self.state = State::NumberExponent,
+            _ => return self.end_number(),
+        }
+        Step::Next
+    }
+
+    /// A number ends at the first byte that cannot continue it; that byte is scanned again.
+    fn end_number(&mut self) -> Step {
+        self.end_value();
+        Step::Again
+    }
+}
+
+/// What the scanner does after a byte.
+enum Step {
+    /// Move to the next byte.
+    Next,
+    /// Look at the same byte again in the new state.
+    Again,
+}
+
+/// An error before its offset is known.
+enum Error {
+    Syntax(SyntaxError),
+    Scan(ScanError),
+}
+
+impl From<SyntaxError> for Error {
+    fn from(kind: SyntaxError) -> Self {
+        Self::Syntax(kind)
+    }
+}
+
+impl From<ScanError> for Error {
+    fn from(error: ScanError) -> Self {
+        Self::Scan(error)
+    }
+}
+
+fn is_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Length of the prefix of `bytes` that is plain string content: printable ASCII other than
+/// `"` and `\`. Eight bytes at a time, since string content is most of a chat request.
+#[inline]
+fn plain_string_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+
+    // Sets the high bit of each byte that is zero; a false positive can only follow a true
+    // one, so the lowest flagged byte is always right.
+    #[inline]
+    fn zero_bytes(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGHS
+    }
+
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
+        let special = zero_bytes(word ^ QUOTES)
+            | zero_bytes(word ^ BACKSLASHES)
+            | (word.wrapping_sub(SPACES) & !word & HIGHS)
+            | (word & HIGHS);
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' | b'\\' | 0x00..=0x1f | 0x80..=0xff => return i,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(body: &[u8]) -> Result<Option<Vec<u8>>, ScanError> {
+        let mut scanner = ModelScanner::new(256);
+        scanner.feed(body)?;
+        scanner.finish()
+    }
+
+    fn model(body: &str) -> Option<String> {
+        scan(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{body:?} refused: {e:?}"))
+            .map(|m| String::from_utf8(m).unwrap())
+    }
+
+    fn syntax(body: &[u8]) -> SyntaxError {
+        match scan(body) {
+            Err(ScanError::Syntax { kind, .. }) => kind,
+            other => panic!("{:?} gave {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[test]
+    fn finds_top_level_model_wherever_it_stands() {
+        assert_eq!(model(r#"{"model":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(
+            model(r#"{"messages":[{"role":"user","content":"hi"}],"model":"b"}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            model(" \r\n\t{ \"model\" :\t\"c\" } \n").as_deref(),
+            Some("c")
+        );
+    }
+
+    #[test]
+    fn ignores_model_keys_below_the_top_level() {
+        let body = r#"{"metadata":{"model":"x"},"tools":[{"model":"y"}],"messages":[]}"#;
+        assert_eq!(model(body), None);
+        let body = r#"{"a":{"model":"x"},"model":"top","b":[{"model":"z"}]}"#;
+        assert_eq!(model(body).as_deref(), Some("top"));
+    }
+
+    #[test]
+    fn model_appearing_as_a_value_or_prefix_is_not_the_key() {
+        assert_eq!(model(r#"{"name":"model","models":"x","mode":"y"}"#), None);
+    }
+
+    #[test]
+    fn decodes_escapes_in_keys_and_model() {
+        assert_eq!(
+            model(r#"{"mod\u0065l":"a\u003ab"}"#).as_deref(),
+            Some("a:b")
+        );
+        assert_eq!(
+            model(r#"{"model":"\ud83d\ude00 \u00e9\/\"\\"}"#).as_deref(),
+            Some("😀 é/\"\\")
+        );
+        assert_eq!(model(r#"{"model":"模型-é"}"#).as_deref(), Some("模型-é"));
+    }
+
+    #[test]
+    fn refuses_a_second_model_key_even_when_escaped() {
+        assert_eq!(
+            scan(br#"{"model":"a","x":1,"mod\u0065l":"b"}"#),
+            Err(ScanError::DuplicateModel)
+        );
+    }
+
+    #[test]
+    fn refuses_model_values_that_are_not_strings() {
+        for value in ["1", "-1", "null", "true", "false", "[]", "{}", "[\"a\"]"] {
+            let body = format!(r#"{{"model":{value}}}"#);
+            assert_eq!(
+                scan(body.as_bytes()),
+                Err(ScanError::ModelNotString),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_models_over_the_limit_once_decoded() {
+        let mut scanner = ModelScanner::new(4);
+        assert!(scanner.feed(br#"{"model":"\u0061bcd"}"#).is_ok());
+        assert_eq!(scanner.finish().unwrap().unwrap(), b"abcd");
+        let mut scanner = ModelScanner::new(4);
+        assert_eq!(
+            scanner.feed(br#"{"model":"abcde"}"#),
+            Err(ScanError::ModelTooLong { limit: 4 })
+        );
+    }
+
+    #[test]
+    fn refuses_top_level_values_other_than_objects() {
+        for body in [
+            "[]",
+            "\"model\"",
+            "1",
+            "-1",
+            "true",
+            "null",
+            " [{\"model\":\"a\"}]",
+        ] {
+            assert_eq!(scan(body.as_bytes()), Err(ScanError::NotAnObject), "{body}");
+        }
+    }
+
+    #[test]
+    fn reports_each_syntax_error_with_its_offset() {
+        let cases: &[(&[u8], u64, SyntaxError)] = &[
+            (b"", 0, SyntaxError::Empty),
+            (b"  \n", 3, SyntaxError::Empty),
+            (b"{\"model\":\"a\"", 12, SyntaxError::Truncated),
+            (
+                b"{\"model\" \"a\"}",
+                9,
+                SyntaxError::Expected("':' after an object key"),
+            ),
+            (b"{\"a\":1,}", 7, SyntaxError::Expected("a string key")),
+            (b"{\"a\":[1,]}", 8, SyntaxError::Expected("a JSON value")),
+            (b"{\"a\":[1}", 7, SyntaxError::Expected("',' or ']'")),
+            (b"{\"a\":1]", 6, SyntaxError::Expected("',' or '}'")),
+            (b"{\"a\":01}", 6, SyntaxError::Expected("',' or '}'")),
+            (b"{\"a\":1.}", 7, SyntaxError::Expected("a digit after '.'")),
+            (
+                b"{\"a\":1e}",
+                7,
+                SyntaxError::Expected("a digit or sign in the exponent"),
+            ),
+            (b"{\"a\":-}", 6, SyntaxError::Expected("a digit after '-'")),
+            (
+                b"{\"a\":tru}",
+                8,
+                SyntaxError::Expected("'true', 'false' or 'null'"),
+            ),
+            (b"{\"a\":\"\n\"}", 6, SyntaxError::ControlCharacterInString),
+            (b"{\"a\":\"\\x\"}", 7, SyntaxError::InvalidEscape),
+            (
+                b"{\"a\":\"\\u12g4\"}",
+                10,
+                SyntaxError::InvalidUnicodeEscape,
+            ),
+            (
+                b"{\"a\":\"\\ud800\"}",
+                12,
+                SyntaxError::InvalidUnicodeEscape,
+            ),
+            (
+                b"{\"a\":\"\\udc00\"}",
+                11,
+                SyntaxError::InvalidUnicodeEscape,
+            ),
+            (
+                b"{\"a\":\"\\ud800\\u0041\"}",
+                17,
+                SyntaxError::InvalidUnicodeEscape,
+            ),
+            (b"{\"a\":\"\xff\"}", 6, SyntaxError::InvalidUtf8),
+            (b"{\"a\":\"\xc3\"}", 7, SyntaxError::InvalidUtf8),
+            (b"{\"a\":\"\xed\xa0\x80\"}", 7, SyntaxError::InvalidUtf8),
+            (b"{\"a\":\"\xe0\x80\xaf\"}", 7, SyntaxError::InvalidUtf8),
+            (b"{\"a\":\"\xf4\x90\x80\x80\"}", 7, SyntaxError::InvalidUtf8),
+            (b"{} x", 3, SyntaxError::TrailingData),
+            (b"{}{}", 2, SyntaxError::TrailingData),
+            (
+                b"\xef\xbb\xbf{}",
+                0,
+                SyntaxError::Expected("'{' to start the request object"),
+            ),
+            (b"{'a':1}", 1, SyntaxError::Expected("a string key or '}'")),
+        ];
+        for &(body, offset, kind) in cases {
+            assert_eq!(
+                scan(body),
+                Err(ScanError::Syntax { offset, kind }),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_by_a_counter() {
+        let deep = |levels: usize| {
+            let mut body = String::from("{\"a\":");
+            body.push_str(&"[".repeat(levels - 1));
+            body.push_str(&"]".repeat(levels - 1));
+            body.push('}');
+            body
+        };
+        assert_eq!(model(&deep(MAX_DEPTH as usize)), None);
+        assert_eq!(
+            syntax(deep(MAX_DEPTH as usize + 1).as_bytes()),
+            SyntaxError::TooDeep
+        );
+        // A million levels are refused at the limit without using stack or heap.
+        let hostile = "[".repeat(1_000_000);
+        assert_eq!(
+            syntax(format!("{{\"a\":{hostile}").as_bytes()),
+            SyntaxError::TooDeep
+        );
+    }
+
+    #[test]
+    fn containers_keep_their_kind_across_depths() {
+        assert_eq!(
+            model(r#"{"a":[{"b":[[],{}]},[{"c":{}}]],"model":"m"}"#).as_deref(),
+            Some("m")
+        );
+        assert_eq!(
+            syntax(br#"{"a":[{"b":[[],{}]},[{"c":{}]]]}"#),
+            SyntaxError::Expected("',' or '}'")
+        );
+    }
+
+    #[test]
+    fn accepts_every_number_form_of_the_grammar() {
+        let body = r#"{"a":[0,-0,1,-12,3.25,-0.5e10,1E+2,2e-3,1e999,123456789012345678901234567890],"model":"m"}"#;
+        assert_eq!(model(body).as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn plain_run_stops_at_every_special_byte() {
+        for special in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[at] = special;
+                assert_eq!(plain_string_run(&bytes), at, "byte {special:#x} at {at}");
+            }
+        }
+        assert_eq!(plain_string_run(&[b' '; 19]), 19);
+        assert_eq!(plain_string_run(b"~!#$%^&*()_+{}[]:;'<>,.?/|`"), 27);
+    }
+}
