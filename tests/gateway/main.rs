@@ -1,0 +1,841 @@
+//! End to end: the built filter in Envoy 1.40, running the repository's envoy.yaml in front
+//! of simulated vLLM pools and a plain backend, driven with real HTTP/1.1 and h2c traffic.
+//!
+//! Each case is named after the behaviour it proves. Run with `./build.sh test`; pass a
+//! substring to run only the matching cases: `cargo test --test gateway -- refus`.
+
+mod client;
+mod harness;
+
+use bytes::Bytes;
+use client::{raw_exchange, request, send, Connection, Frames, Protocol, Reply};
+use harness::{Backends, Envoy, LLAMA, MISTRAL, PLAIN, TAG_HEADER};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+type Outcome = Result<(), String>;
+
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(format!($($message)+));
+        }
+    };
+}
+
+/// The running gateway every case talks to.
+struct World {
+    runtime: tokio::runtime::Runtime,
+    backends: Backends,
+    envoy: Envoy,
+    next_tag: AtomicU64,
+}
+
+impl World {
+    fn tag(&self) -> String {
+        format!("t{}", self.next_tag.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Sends `body` in `frames` pieces with a fresh tag; returns the reply and the tag.
+    fn exchange(
+        &self,
+        protocol: Protocol,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        frames: Vec<Bytes>,
+    ) -> Result<(Reply, String), String> {
+        let tag = self.tag();
+        let mut all = vec![
+            (TAG_HEADER, tag.as_str()),
+            ("content-type", "application/json"),
+        ];
+        all.extend_from_slice(headers);
+        let request = request(method, path, &all, Frames::new(frames));
+        let reply = self
+            .runtime
+            .block_on(send(self.envoy.listener, protocol, request))?;
+        Ok((reply, tag))
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(Reply, String), String> {
+        let mut headers = headers.to_vec();
+        let length = body.len().to_string();
+        headers.push(("content-length", &length));
+        self.exchange(
+            Protocol::Http1,
+            "POST",
+            path,
+            &headers,
+            vec![Bytes::copy_from_slice(body)],
+        )
+    }
+
+    fn chat(&self, body: &Value) -> Result<(Reply, String), String> {
+        self.post("/v1/chat/completions", body.to_string().as_bytes(), &[])
+    }
+
+    /// Checks that the reply came from a replica of `model`'s pool, which saw exactly one
+    /// routing header equal to `model`, and that no other backend saw the request.
+    fn expect_routed(&self, reply: &Reply, tag: &str, model: &str) -> Outcome {
+        ensure!(
+            reply.status == 200,
+            "status {} for {model}: {}",
+            reply.status,
+            reply.text()
+        );
+        let pool = self.backends.pool_of(model);
+        let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
+        ensure!(
+            pool.replicas.iter().any(|r| r.id == replica),
+            "{model} served by {replica:?}, not by pool {}",
+            pool.config.name
+        );
+        let seen = self.backends.saw(tag);
+        ensure!(
+            seen.len() == 1,
+            "{} backend requests carry tag {tag}",
+            seen.len()
+        );
+        let headers = seen[0].header_values("x-ai-eg-model");
+        ensure!(
+            headers == [model],
+            "backend saw x-ai-eg-model {headers:?}, want [{model:?}]"
+        );
+        Ok(())
+    }
+
+    /// Checks an OpenAI-style refusal that no backend saw.
+    fn expect_refused(&self, reply: &Reply, tag: &str, status: u16, code: &str) -> Outcome {
+        ensure!(
+            reply.status == status,
+            "status {} (want {status}): {}",
+            reply.status,
+            reply.text()
+        );
+        ensure!(
+            reply.header("content-type") == Some("application/json"),
+            "content-type {:?}",
+            reply.header("content-type")
+        );
+        let body = reply.json()?;
+        ensure!(
+            body["error"]["code"] == code,
+            "error code {} (want {code})",
+            body["error"]["code"]
+        );
+        ensure!(
+            body["error"]["type"] == "invalid_request_error",
+            "error type {}",
+            body["error"]["type"]
+        );
+        ensure!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "no error message"
+        );
+        let seen = self.backends.saw(tag);
+        ensure!(
+            seen.is_empty(),
+            "a refused request reached {}",
+            seen[0].replica
+        );
+        Ok(())
+    }
+}
+
+fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hi. Say this is a test"}]})
+}
+
+fn scenario_routes_each_model_to_its_pool_or_backend(world: &World) -> Outcome {
+    for model in [LLAMA, MISTRAL, PLAIN] {
+        let (reply, tag) = world.chat(&chat_body(model))?;
+        world.expect_routed(&reply, &tag, model)?;
+        let body = reply.json()?;
+        ensure!(
+            body["object"] == "chat.completion",
+            "object {}",
+            body["object"]
+        );
+        ensure!(
+            body["model"] == model,
+            "answer names model {}",
+            body["model"]
+        );
+        let message = &body["choices"][0]["message"];
+        ensure!(message["role"] == "assistant", "message {message}");
+        ensure!(
+            message["content"] == "Hi. Say this is a test",
+            "content {}",
+            message["content"]
+        );
+        ensure!(
+            body["usage"]["total_tokens"]
+                .as_u64()
+                .is_some_and(|t| t > 0),
+            "usage {}",
+            body["usage"]
+        );
+    }
+    Ok(())
+}
+
+fn pool_requests_are_spread_over_replicas(world: &World) -> Outcome {
+    let mut replicas = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (reply, tag) = world.chat(&chat_body(MISTRAL))?;
+        world.expect_routed(&reply, &tag, MISTRAL)?;
+        replicas.insert(
+            reply
+                .header(llm_sim::REPLICA_HEADER)
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    ensure!(replicas.len() == 3, "30 requests reached only {replicas:?}");
+    Ok(())
+}
+
+fn model_key_after_messages_routes(world: &World) -> Outcome {
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"temperature":0.2,"model":"{MISTRAL}"}}"#,
+        "x".repeat(10_000)
+    );
+    let (reply, tag) = world.post("/v1/chat/completions", body.as_bytes(), &[])?;
+    world.expect_routed(&reply, &tag, MISTRAL)
+}
+
+fn nested_model_keys_are_ignored(world: &World) -> Outcome {
+    let body = json!({
+        "messages": [{"role": "user", "content": "hi", "model": MISTRAL}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"model": PLAIN}}}],
+        "metadata": {"model": MISTRAL},
+        "model": LLAMA,
+    });
+    let (reply, tag) = world.chat(&body)?;
+    world.expect_routed(&reply, &tag, LLAMA)?;
+    let only_nested = json!({"metadata": {"model": LLAMA}, "messages": []});
+    let (reply, tag) = world.chat(&only_nested)?;
+    world.expect_refused(&reply, &tag, 400, "missing_model")
+}
+
+fn escaped_and_unicode_models_are_decoded(world: &World) -> Outcome {
+    let body = br#"{"mod\u0065l":"mistral\u003alatest","messages":[]}"#;
+    let (reply, tag) = world.post("/v1/chat/completions", body, &[])?;
+    world.expect_routed(&reply, &tag, MISTRAL)?;
+    // A UTF-8 model travels intact and, served by nobody, meets the catch-all.
+    let (reply, tag) = world.chat(&json!({"model": "模型-ü", "messages": []}))?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")
+}
+
+fn client_routing_header_is_replaced_by_the_body_model(world: &World) -> Outcome {
+    let spoofed = [("x-ai-eg-model", MISTRAL)];
+    let body = chat_body(LLAMA).to_string();
+    let (reply, tag) = world.post("/v1/chat/completions", body.as_bytes(), &spoofed)?;
+    world.expect_routed(&reply, &tag, LLAMA)?;
+    // Two client values, sent raw so that nothing merges them, are both replaced.
+    let tag = world.tag();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n{TAG_HEADER}: {tag}\r\n\
+         x-ai-eg-model: {MISTRAL}\r\nx-ai-eg-model: {PLAIN}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let reply = raw_exchange(world.envoy.listener, &[head.as_bytes(), body.as_bytes()])?;
+    world.expect_routed(&reply, &tag, LLAMA)?;
+    ensure!(
+        world.envoy.counter("client_header_removed") >= 2,
+        "client_header_removed not counted"
+    );
+    Ok(())
+}
+
+fn client_routing_header_is_removed_when_the_filter_does_not_route(world: &World) -> Outcome {
+    let spoofed = [("x-ai-eg-model", MISTRAL)];
+    // Not an API path the filter reads: the spoofed header must not route it.
+    let (reply, tag) = world.post("/v1/unknown", br#"{"model":"mistral:latest"}"#, &spoofed)?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+    // A bodiless request on an API path passes unscanned, and unrouted.
+    let (reply, tag) = world.exchange(
+        Protocol::Http1,
+        "POST",
+        "/v1/chat/completions",
+        &spoofed,
+        vec![],
+    )?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")
+}
+
+fn bodiless_and_other_requests_pass_untouched(world: &World) -> Outcome {
+    let (reply, tag) = world.exchange(Protocol::Http1, "GET", "/v1/models", &[], vec![])?;
+    ensure!(reply.status == 200, "GET /v1/models: {}", reply.status);
+    let models: Vec<Value> = reply.json()?["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ids: Vec<&str> = models.iter().filter_map(|m| m["id"].as_str()).collect();
+    ensure!(ids == [LLAMA, MISTRAL, PLAIN], "models {ids:?}");
+    ensure!(
+        world.backends.saw(&tag).is_empty(),
+        "GET /v1/models reached a backend"
+    );
+    Ok(())
+}
+
+fn query_string_is_ignored_when_matching_paths(world: &World) -> Outcome {
+    let body = chat_body(PLAIN).to_string();
+    let (reply, tag) = world.post(
+        "/v1/chat/completions?api-version=2024-10-21",
+        body.as_bytes(),
+        &[],
+    )?;
+    world.expect_routed(&reply, &tag, PLAIN)
+}
+
+fn completions_and_embeddings_are_routed(world: &World) -> Outcome {
+    let body = json!({"model": MISTRAL, "prompt": "Say this is a test", "max_tokens": 3});
+    let (reply, tag) = world.post("/v1/completions", body.to_string().as_bytes(), &[])?;
+    world.expect_routed(&reply, &tag, MISTRAL)?;
+    ensure!(
+        reply.json()?["choices"][0]["text"] == "Say this is ",
+        "completion {}",
+        reply.text()
+    );
+    let body = json!({"model": PLAIN, "input": ["a", "b"]});
+    let (reply, tag) = world.post("/v1/embeddings", body.to_string().as_bytes(), &[])?;
+    world.expect_routed(&reply, &tag, PLAIN)?;
+    ensure!(
+        reply.json()?["data"].as_array().map(Vec::len) == Some(2),
+        "embeddings {}",
+        reply.text()
+    );
+    Ok(())
+}
+
+fn streamed_answers_pass_through_to_done(world: &World) -> Outcome {
+    let mut body = chat_body(LLAMA);
+    body["stream"] = json!(true);
+    let (reply, tag) = world.chat(&body)?;
+    world.expect_routed(&reply, &tag, LLAMA)?;
+    ensure!(
+        reply.header("content-type") == Some("text/event-stream"),
+        "not SSE"
+    );
+    let text = reply.text();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    ensure!(
+        events.last() == Some(&"data: [DONE]"),
+        "stream ends with {:?}",
+        events.last()
+    );
+    let content: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e.trim_start_matches("data: ")).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    ensure!(
+        content == "Hi. Say this is a test",
+        "streamed content {content:?}"
+    );
+    Ok(())
+}
+
+fn unknown_model_gets_the_catch_all_404(world: &World) -> Outcome {
+    let (reply, tag) = world.chat(&chat_body("gpt-unknown"))?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")
+}
+
+/// A body the filter must refuse, with the status and error code it must refuse it with.
+struct Refusal {
+    name: &'static str,
+    body: Vec<u8>,
+    headers: &'static [(&'static str, &'static str)],
+    status: u16,
+    code: &'static str,
+}
+
+fn refusals() -> Vec<Refusal> {
+    let refusal = |name, body: &[u8], status, code| Refusal {
+        name,
+        body: body.to_vec(),
+        headers: &[],
+        status,
+        code,
+    };
+    let long_model = format!(r#"{{"model":"{}"}}"#, "m".repeat(257));
+    vec![
+        refusal(
+            "truncated JSON",
+            br#"{"model":"mistral:latest""#,
+            400,
+            "malformed_json",
+        ),
+        refusal(
+            "missing colon",
+            br#"{"model" "mistral:latest"}"#,
+            400,
+            "malformed_json",
+        ),
+        refusal(
+            "trailing garbage",
+            br#"{"model":"mistral:latest"} x"#,
+            400,
+            "malformed_json",
+        ),
+        refusal("empty body text", b"   ", 400, "malformed_json"),
+        refusal(
+            "invalid UTF-8",
+            b"{\"model\":\"mistral\xff\"}",
+            400,
+            "malformed_json",
+        ),
+        refusal(
+            "array at top level",
+            br#"[{"model":"mistral:latest"}]"#,
+            400,
+            "not_an_object",
+        ),
+        refusal(
+            "string at top level",
+            br#""mistral:latest""#,
+            400,
+            "not_an_object",
+        ),
+        refusal("no model", br#"{"messages":[]}"#, 400, "missing_model"),
+        refusal("number model", br#"{"model":7}"#, 400, "model_not_string"),
+        refusal("null model", br#"{"model":null}"#, 400, "model_not_string"),
+        refusal(
+            "array model",
+            br#"{"model":["mistral:latest"]}"#,
+            400,
+            "model_not_string",
+        ),
+        refusal("empty model", br#"{"model":""}"#, 400, "empty_model"),
+        refusal(
+            "model over 256 bytes",
+            long_model.as_bytes(),
+            400,
+            "model_too_long",
+        ),
+        refusal(
+            "CRLF injection",
+            br#"{"model":"mistral:latest\r\nx-evil: 1"}"#,
+            400,
+            "invalid_model",
+        ),
+        refusal(
+            "NUL in model",
+            br#"{"model":"mistral\u0000"}"#,
+            400,
+            "invalid_model",
+        ),
+        refusal(
+            "padded model",
+            br#"{"model":" mistral:latest"}"#,
+            400,
+            "invalid_model",
+        ),
+        refusal(
+            "duplicate model",
+            br#"{"model":"some-cool-self-hosted-model","model":"mistral:latest"}"#,
+            400,
+            "duplicate_model",
+        ),
+        refusal(
+            "escaped duplicate model",
+            br#"{"model":"mistral:latest","mod\u0065l":"x"}"#,
+            400,
+            "duplicate_model",
+        ),
+        Refusal {
+            name: "gzip body",
+            body: br#"{"model":"mistral:latest"}"#.to_vec(),
+            headers: &[("content-encoding", "gzip")],
+            status: 415,
+            code: "unsupported_encoding",
+        },
+    ]
+}
+
+fn each_refusal_has_its_status_and_code_and_reaches_no_backend(world: &World) -> Outcome {
+    for case in refusals() {
+        let counter = format!("requests_rejected_{}", case.code);
+        let before = world.envoy.counter(&counter);
+        let (reply, tag) = world.post("/v1/chat/completions", &case.body, case.headers)?;
+        world
+            .expect_refused(&reply, &tag, case.status, case.code)
+            .map_err(|e| format!("{}: {e}", case.name))?;
+        let after = world.envoy.counter(&counter);
+        ensure!(
+            after == before + 1,
+            "{}: counter {counter} went {before} -> {after}",
+            case.name
+        );
+    }
+    Ok(())
+}
+
+fn refusals_carry_a_response_code_detail(world: &World) -> Outcome {
+    let (reply, tag) = world.post("/v1/chat/completions", br#"{"model":"a","model":"b"}"#, &[])?;
+    world.expect_refused(&reply, &tag, 400, "duplicate_model")?;
+    // Envoy flushes the access log every 50 ms here (--file-flush-interval-msecs): poll it.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if world
+            .envoy
+            .access_log()
+            .contains(" 400 model_router_duplicate_model ")
+        {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err("no access log line with response code detail model_router_duplicate_model".into())
+}
+
+fn chunked_upload_in_one_byte_chunks_routes(world: &World) -> Outcome {
+    let body = chat_body(MISTRAL).to_string();
+    let tag = world.tag();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n{TAG_HEADER}: {tag}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    let chunks: Vec<Vec<u8>> = body
+        .bytes()
+        .map(|b| [&b"1\r\n"[..], &[b], b"\r\n"].concat())
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![head.as_bytes()];
+    parts.extend(chunks.iter().map(Vec::as_slice));
+    parts.push(b"0\r\n\r\n");
+    let reply = raw_exchange(world.envoy.listener, &parts)?;
+    world.expect_routed(&reply, &tag, MISTRAL)?;
+    let seen = world.backends.saw(&tag);
+    ensure!(
+        seen[0].body == body.as_bytes(),
+        "backend got a different body"
+    );
+    Ok(())
+}
+
+fn h2c_uploads_in_many_frames_route(world: &World) -> Outcome {
+    for model in [LLAMA, PLAIN] {
+        let body = chat_body(model).to_string();
+        let frames: Vec<Bytes> = body
+            .as_bytes()
+            .chunks(7)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let (reply, tag) =
+            world.exchange(Protocol::H2c, "POST", "/v1/chat/completions", &[], frames)?;
+        world.expect_routed(&reply, &tag, model)?;
+    }
+    let frames = vec![
+        Bytes::from_static(br#"{"model":"a","#),
+        Bytes::from_static(br#""model":"b"}"#),
+    ];
+    let (reply, tag) =
+        world.exchange(Protocol::H2c, "POST", "/v1/chat/completions", &[], frames)?;
+    world.expect_refused(&reply, &tag, 400, "duplicate_model")
+}
+
+fn four_mib_body_with_model_last_routes(world: &World) -> Outcome {
+    let content = "lorem ipsum ".repeat(4 * 1024 * 1024 / 12);
+    let body =
+        json!({"messages": [{"role": "user", "content": content}], "model": LLAMA}).to_string();
+    ensure!(body.len() > 4 << 20, "body only {} bytes", body.len());
+    let frames: Vec<Bytes> = body
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let (reply, tag) =
+        world.exchange(Protocol::Http1, "POST", "/v1/chat/completions", &[], frames)?;
+    world.expect_routed(&reply, &tag, LLAMA)?;
+    let seen = world.backends.saw(&tag);
+    ensure!(
+        seen[0].body.len() == body.len(),
+        "backend got {} of {} bytes",
+        seen[0].body.len(),
+        body.len()
+    );
+    Ok(())
+}
+
+fn body_over_the_limit_gets_413(world: &World) -> Outcome {
+    let body = vec![b' '; (8 << 20) + 1];
+    // Declared up front: refused on the headers.
+    let (reply, tag) = world.post("/v1/chat/completions", &body, &[])?;
+    world.expect_refused(&reply, &tag, 413, "body_too_large")?;
+    // Streamed without a length: refused once the received bytes pass the limit.
+    let mut frames: Vec<Bytes> = vec![Bytes::from_static(b"{\"messages\":\"")];
+    frames.extend(body.chunks(256 * 1024).map(Bytes::copy_from_slice));
+    let (reply, tag) =
+        world.exchange(Protocol::Http1, "POST", "/v1/chat/completions", &[], frames)?;
+    world.expect_refused(&reply, &tag, 413, "body_too_large")
+}
+
+fn two_thousand_concurrent_requests_are_never_misrouted(world: &World) -> Outcome {
+    const CONNECTIONS: usize = 64;
+    const REQUESTS: usize = 2_000;
+    let models = [LLAMA, MISTRAL, PLAIN];
+    let listener = world.envoy.listener;
+    let started = Instant::now();
+    let results = world.runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for connection in 0..CONNECTIONS {
+            tasks.push(tokio::spawn(async move {
+                let mut conn = Connection::open(listener).await?;
+                let mut answers = Vec::new();
+                for index in (connection..REQUESTS).step_by(CONNECTIONS) {
+                    let model = models[index % models.len()];
+                    let body = chat_body(model).to_string();
+                    let length = body.len().to_string();
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("content-length", length.as_str()),
+                    ];
+                    let frames = Frames::new([Bytes::from(body)]);
+                    let reply = conn
+                        .send(request("POST", "/v1/chat/completions", &headers, frames))
+                        .await?;
+                    answers.push((model, reply));
+                }
+                Ok::<_, String>(answers)
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.map_err(|e| e.to_string())??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    ensure!(
+        results.len() == REQUESTS,
+        "{} answers for {REQUESTS} requests",
+        results.len()
+    );
+    let mut misrouted = 0;
+    for (model, reply) in &results {
+        let pool = world.backends.pool_of(model);
+        let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
+        let served_right = reply.status == 200
+            && pool.replicas.iter().any(|r| r.id == replica)
+            && reply.json().is_ok_and(|body| body["model"] == *model);
+        misrouted += usize::from(!served_right);
+    }
+    ensure!(
+        misrouted == 0,
+        "{misrouted} of {REQUESTS} requests misrouted or failed"
+    );
+    println!(
+        "    {REQUESTS} requests over {CONNECTIONS} connections in {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn missing_model_passes_through_when_configured(world: &World) -> Outcome {
+    let envoy = Envoy::start(
+        &world.backends,
+        Some(r#"{"missing_model": "pass_through"}"#),
+    )?;
+    let tag = world.tag();
+    let headers = [
+        (TAG_HEADER, tag.as_str()),
+        ("x-ai-eg-model", MISTRAL),
+        ("content-type", "application/json"),
+    ];
+    let frames = Frames::new([Bytes::from_static(br#"{"messages":[]}"#)]);
+    let reply = world.runtime.block_on(send(
+        envoy.listener,
+        Protocol::Http1,
+        request("POST", "/v1/chat/completions", &headers, frames),
+    ))?;
+    // Unrouted and with the spoofed header gone, it meets the catch-all.
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+    ensure!(
+        envoy.counter("requests_unrouted") == 1,
+        "requests_unrouted not counted"
+    );
+    Ok(())
+}
+
+fn bad_plugin_configuration_refuses_to_load(world: &World) -> Outcome {
+    match Envoy::start(&world.backends, Some(r#"{"max_model_bytes": 0}"#)) {
+        Ok(_) => Err("Envoy started with max_model_bytes 0".into()),
+        Err(error) => {
+            ensure!(
+                error.contains("field `max_model_bytes`: must be between 1 and 4096, got 0"),
+                "the failure does not name the field:\n{error}"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn gateway_still_serves_after_everything(world: &World) -> Outcome {
+    // Envoy must not have crashed along the way.
+    let ready =
+        harness::admin_get(world.envoy.admin, "/ready").is_ok_and(|(status, _)| status == 200);
+    ensure!(ready, "Envoy is no longer ready");
+    scenario_routes_each_model_to_its_pool_or_backend(world)
+}
+
+type Case = (&'static str, fn(&World) -> Outcome);
+
+const CASES: &[Case] = &[
+    (
+        "scenario_routes_each_model_to_its_pool_or_backend",
+        scenario_routes_each_model_to_its_pool_or_backend,
+    ),
+    (
+        "pool_requests_are_spread_over_replicas",
+        pool_requests_are_spread_over_replicas,
+    ),
+    (
+        "model_key_after_messages_routes",
+        model_key_after_messages_routes,
+    ),
+    (
+        "nested_model_keys_are_ignored",
+        nested_model_keys_are_ignored,
+    ),
+    (
+        "escaped_and_unicode_models_are_decoded",
+        escaped_and_unicode_models_are_decoded,
+    ),
+    (
+        "client_routing_header_is_replaced_by_the_body_model",
+        client_routing_header_is_replaced_by_the_body_model,
+    ),
+    (
+        "client_routing_header_is_removed_when_the_filter_does_not_route",
+        client_routing_header_is_removed_when_the_filter_does_not_route,
+    ),
+    (
+        "bodiless_and_other_requests_pass_untouched",
+        bodiless_and_other_requests_pass_untouched,
+    ),
+    (
+        "query_string_is_ignored_when_matching_paths",
+        query_string_is_ignored_when_matching_paths,
+    ),
+    (
+        "completions_and_embeddings_are_routed",
+        completions_and_embeddings_are_routed,
+    ),
+    (
+        "streamed_answers_pass_through_to_done",
+        streamed_answers_pass_through_to_done,
+    ),
+    (
+        "unknown_model_gets_the_catch_all_404",
+        unknown_model_gets_the_catch_all_404,
+    ),
+    (
+        "each_refusal_has_its_status_and_code_and_reaches_no_backend",
+        each_refusal_has_its_status_and_code_and_reaches_no_backend,
+    ),
+    (
+        "refusals_carry_a_response_code_detail",
+        refusals_carry_a_response_code_detail,
+    ),
+    (
+        "chunked_upload_in_one_byte_chunks_routes",
+        chunked_upload_in_one_byte_chunks_routes,
+    ),
+    (
+        "h2c_uploads_in_many_frames_route",
+        h2c_uploads_in_many_frames_route,
+    ),
+    (
+        "four_mib_body_with_model_last_routes",
+        four_mib_body_with_model_last_routes,
+    ),
+    ("body_over_the_limit_gets_413", body_over_the_limit_gets_413),
+    (
+        "two_thousand_concurrent_requests_are_never_misrouted",
+        two_thousand_concurrent_requests_are_never_misrouted,
+    ),
+    (
+        "missing_model_passes_through_when_configured",
+        missing_model_passes_through_when_configured,
+    ),
+    (
+        "bad_plugin_configuration_refuses_to_load",
+        bad_plugin_configuration_refuses_to_load,
+    ),
+    (
+        "gateway_still_serves_after_everything",
+        gateway_still_serves_after_everything,
+    ),
+];
+
+fn main() -> std::process::ExitCode {
+    // libtest-style arguments: a free argument filters cases by substring; flags are ignored.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<&Case> = CASES
+        .iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let backends = runtime.block_on(Backends::start());
+    let envoy = {
+        let _guard = runtime.enter();
+        Envoy::start(&backends, None).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    };
+    let world = World {
+        runtime,
+        backends,
+        envoy,
+        next_tag: AtomicU64::new(0),
+    };
+    println!(
+        "\nrunning {} gateway cases (Envoy on {})",
+        selected.len(),
+        world.envoy.listener
+    );
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (name, case) in selected {
+        let started = Instant::now();
+        match case(&world) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.2?})", started.elapsed());
+            }
+            Err(error) => {
+                println!("test {name} ... FAILED\n    {error}");
+                failed.push(*name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!(
+            "\nEnvoy stderr (last lines):\n{}",
+            world.envoy.stderr_tail()
+        );
+        println!("\nfailed: {}", failed.join(", "));
+    }
+    println!("\ngateway: {passed} passed, {} failed", failed.len());
+    if failed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
