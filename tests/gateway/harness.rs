@@ -148,7 +148,7 @@ impl Envoy {
             .args([
                 "--component-log-level",
                 "wasm:info",
-                "--file-flush-interval-msecs",
+                "--file-flush-interval-msec",
                 "50",
             ])
             .stdin(Stdio::null())

@@ -490,7 +490,7 @@ fn each_refusal_has_its_status_and_code_and_reaches_no_backend(world: &World) ->
 fn refusals_carry_a_response_code_detail(world: &World) -> Outcome {
     let (reply, tag) = world.post("/v1/chat/completions", br#"{"model":"a","model":"b"}"#, &[])?;
     world.expect_refused(&reply, &tag, 400, "duplicate_model")?;
-    // Envoy flushes the access log every 50 ms here (--file-flush-interval-msecs): poll it.
+    // Envoy flushes the access log every 50 ms here (--file-flush-interval-msec): poll it.
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while Instant::now() < deadline {
         if world
