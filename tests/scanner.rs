@@ -1,0 +1,362 @@
+//! The scanner against serde_json: real request bodies split at every byte, and generated
+//! documents (random structure, escapes, whitespace and corruption) in random chunks.
+
+use model_router::scanner::{ModelScanner, ScanError};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use std::fmt::Write;
+
+const MAX_MODEL: usize = 256;
+
+/// What the scanner should report for a body serde_json accepts, following the scanner's
+/// rule that the first problem in byte order decides.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Model(Option<Vec<u8>>),
+    Refused(ScanError),
+}
+
+/// serde_json's reading of the top-level object, entry by entry; `None` when serde_json
+/// refuses the body or its top level is not an object.
+fn oracle(body: &[u8]) -> Option<Expected> {
+    struct TopLevel;
+    impl<'de> Visitor<'de> for TopLevel {
+        type Value = Expected;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Expected, A::Error> {
+            let mut outcome: Option<Expected> = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if key != "model" || matches!(outcome, Some(Expected::Refused(_))) {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if outcome.is_some() {
+                    outcome = Some(Expected::Refused(ScanError::DuplicateModel));
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                outcome = Some(match map.next_value::<Value>()? {
+                    Value::String(model) if model.len() > MAX_MODEL => {
+                        Expected::Refused(ScanError::ModelTooLong { limit: MAX_MODEL })
+                    }
+                    Value::String(model) => Expected::Model(Some(model.into_bytes())),
+                    _ => Expected::Refused(ScanError::ModelNotString),
+                });
+            }
+            Ok(outcome.unwrap_or(Expected::Model(None)))
+        }
+    }
+    // The whole body must be valid JSON (lone surrogates included), as the scanner demands.
+    serde_json::from_slice::<Value>(body).ok()?.as_object()?;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let expected = deserializer.deserialize_map(TopLevel).ok()?;
+    deserializer.end().ok()?;
+    Some(expected)
+}
+
+fn scan(chunks: &[&[u8]]) -> Expected {
+    let mut scanner = ModelScanner::new(MAX_MODEL);
+    for chunk in chunks {
+        if let Err(error) = scanner.feed(chunk) {
+            return Expected::Refused(error);
+        }
+    }
+    match scanner.finish() {
+        Ok(model) => Expected::Model(model),
+        Err(error) => Expected::Refused(error),
+    }
+}
+
+/// Checks one body, whole and in the given chunks, against serde_json's reading.
+fn check(body: &[u8], chunks: &[&[u8]]) {
+    let whole = scan(&[body]);
+    let split = scan(chunks);
+    assert_eq!(
+        whole,
+        split,
+        "chunking changed the outcome for {:?}",
+        String::from_utf8_lossy(body)
+    );
+    match oracle(body) {
+        Some(expected) => assert_eq!(whole, expected, "body {:?}", String::from_utf8_lossy(body)),
+        None => {
+            // serde_json refuses: so must the scanner, but for numbers serde_json cannot
+            // represent (the scanner checks the grammar only) and nesting between serde_json's
+            // limit and the scanner's.
+            let serde_error = serde_json::from_slice::<Value>(body).err();
+            let tolerated = serde_error.as_ref().is_some_and(|e| {
+                let text = e.to_string();
+                text.contains("number out of range") || text.contains("recursion limit")
+            });
+            if !tolerated {
+                assert!(
+                    matches!(whole, Expected::Refused(_)),
+                    "scanner accepted {:?} which serde_json refuses ({serde_error:?})",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "corpus has {} files", files.len());
+    for path in files {
+        let body = std::fs::read(&path).unwrap();
+        let expected =
+            oracle(&body).unwrap_or_else(|| panic!("{} is not valid JSON", path.display()));
+        assert!(
+            matches!(expected, Expected::Model(Some(_))),
+            "{} should name a model",
+            path.display()
+        );
+        for at in 0..=body.len() {
+            check(&body, &[&body[..at], &body[at..]]);
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(
+            scan(&bytes),
+            expected,
+            "{} fed byte by byte",
+            path.display()
+        );
+    }
+}
+
+/// xorshift64*: deterministic, so a failure names its seed and replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Writes random JSON text, sometimes escaping characters and padding with whitespace.
+struct Writer<'a> {
+    rng: &'a mut Rng,
+    out: String,
+}
+
+impl Writer<'_> {
+    fn space(&mut self) {
+        while self.rng.chance(15) {
+            self.out.push([' ', '\t', '\n', '\r'][self.rng.below(4)]);
+        }
+    }
+
+    fn string(&mut self, text: &str) {
+        self.out.push('"');
+        for ch in text.chars() {
+            let escape = self.rng.chance(10);
+            match ch {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '/' if escape => self.out.push_str("\\/"),
+                c if (c as u32) < 0x20 || escape => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        let _ = write!(self.out, "\\u{unit:04x}");
+                    }
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    fn text(&mut self) -> String {
+        const PIECES: &[&str] = &[
+            "model",
+            "mod",
+            "el",
+            "a",
+            " ",
+            "é",
+            "日本",
+            "🙂",
+            "\"",
+            "\\",
+            "/",
+            "\n",
+            "\t",
+            "\u{1}",
+            "mistral:latest",
+            "x",
+            "\u{7f}",
+            "\u{ffff}",
+        ];
+        (0..self.rng.below(6))
+            .map(|_| PIECES[self.rng.below(PIECES.len())])
+            .collect()
+    }
+
+    fn number(&mut self) {
+        const NUMBERS: &[&str] = &[
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "3.25",
+            "1e5",
+            "-2.5E-3",
+            "1E+2",
+            "123456789012",
+        ];
+        self.out.push_str(NUMBERS[self.rng.below(NUMBERS.len())]);
+    }
+
+    fn value(&mut self, depth: usize) {
+        let kind = if depth > 6 {
+            self.rng.below(4)
+        } else {
+            self.rng.below(6)
+        };
+        match kind {
+            0 => {
+                let text = self.text();
+                self.string(&text)
+            }
+            1 => self.number(),
+            2 => self
+                .out
+                .push_str(["true", "false", "null"][self.rng.below(3)]),
+            3 => {
+                let text = self.text();
+                self.string(&text)
+            }
+            4 => self.array(depth + 1),
+            _ => self.object(depth + 1, false),
+        }
+    }
+
+    fn array(&mut self, depth: usize) {
+        self.out.push('[');
+        self.space();
+        for index in 0..self.rng.below(4) {
+            if index > 0 {
+                self.out.push(',');
+                self.space();
+            }
+            self.value(depth);
+            self.space();
+        }
+        self.out.push(']');
+    }
+
+    fn object(&mut self, depth: usize, top: bool) {
+        self.out.push('{');
+        self.space();
+        for index in 0..self.rng.below(if top { 6 } else { 4 }) {
+            if index > 0 {
+                self.out.push(',');
+                self.space();
+            }
+            let key = if self.rng.chance(30) {
+                "model".to_owned()
+            } else {
+                self.text()
+            };
+            self.string(&key);
+            self.space();
+            self.out.push(':');
+            self.space();
+            if key == "model" && self.rng.chance(70) {
+                let model = self.text();
+                self.string(&model);
+            } else {
+                self.value(depth);
+            }
+            self.space();
+        }
+        self.out.push('}');
+    }
+}
+
+fn generate(rng: &mut Rng) -> Vec<u8> {
+    let mut writer = Writer {
+        rng,
+        out: String::new(),
+    };
+    writer.space();
+    if writer.rng.chance(95) {
+        writer.object(1, true);
+    } else {
+        writer.value(1);
+    }
+    writer.space();
+    writer.out.into_bytes()
+}
+
+/// Splits `body` at random points.
+fn random_chunks<'a>(rng: &mut Rng, body: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let size = 1 + rng.below(rest.len().min(16));
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+#[test]
+fn generated_documents_agree_with_serde_json_in_any_chunking() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut routed = 0;
+    for _ in 0..20_000 {
+        let body = generate(&mut rng);
+        let chunks = random_chunks(&mut rng, &body);
+        check(&body, &chunks);
+        routed += usize::from(matches!(scan(&[&body]), Expected::Model(Some(_))));
+    }
+    // The generator must exercise the interesting outcome, not only refusals.
+    assert!(
+        routed > 2_000,
+        "only {routed} generated bodies named a model"
+    );
+}
+
+#[test]
+fn corrupted_documents_are_refused_or_agree_with_serde_json() {
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    const BYTES: &[u8] = b"{}[]\",:\\u0aeE+-.  tfn\x00\x1f\x7f\x80\xc3\xed\xf4\xff";
+    for _ in 0..20_000 {
+        let mut body = generate(&mut rng);
+        for _ in 0..1 + rng.below(3) {
+            if body.is_empty() {
+                break;
+            }
+            let at = rng.below(body.len());
+            match rng.below(3) {
+                0 => body[at] = BYTES[rng.below(BYTES.len())],
+                1 => body.insert(at, BYTES[rng.below(BYTES.len())]),
+                _ => {
+                    body.remove(at);
+                }
+            }
+        }
+        let chunks = random_chunks(&mut rng, &body);
+        check(&body, &chunks);
+    }
+}
