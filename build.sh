@@ -127,7 +127,14 @@ run_tests() {
   cargo fmt --all -- --check
   cargo clippy --locked --workspace --all-targets -- -D warnings
   log "running every test"
-  MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" cargo test --locked --workspace
+  local output
+  output=$(mktemp)
+  MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
+    cargo test --locked --workspace 2>&1 | tee "$output"
+  # One closing line for every suite: libtest's and the gateway harness's counts summed.
+  awk '/^test result:/ { p += $4; f += $6 } /^gateway: [0-9]+ passed/ { p += $2; f += $4 }
+       END { printf "\nall suites: %d passed, %d failed\n", p, f }' "$output"
+  rm -f "$output"
 }
 
 case "${1:-build}" in

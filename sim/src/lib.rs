@@ -581,3 +581,60 @@ fn embedding(text: &str) -> Vec<f64> {
         .max(f64::MIN_POSITIVE);
     raw.iter().map(|v| v / norm).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_answers_echo_the_last_message_text() {
+        let request = json!({"messages": [
+            {"role": "user", "content": "first"},
+            {"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "image_url"}, {"type": "text", "text": "this"}]}
+        ]});
+        assert_eq!(prompt_text(&request, true), "Say this");
+        assert_eq!(prompt_text(&json!({"prompt": "a b"}), false), "a b");
+        assert_eq!(prompt_text(&json!({}), true), "");
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embedding("hello");
+        assert_eq!(a, embedding("hello"));
+        assert_ne!(a, embedding("hellp"));
+        let norm: f64 = a.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn metrics_report_requests_in_flight_as_vllm_gauges() {
+        let mut config = PoolConfig::new("p", &["m"]);
+        config.max_num_seqs = 2;
+        let pool = Pool::bind(config, "127.0.0.1", 0, 1).await.unwrap();
+        let replica = &pool.replicas[0];
+        let held: Vec<InFlight> = (0..4).map(|_| InFlight::new(replica)).collect();
+        // The metrics request itself is in flight while it is answered.
+        let _scrape = InFlight::new(replica);
+        let body = metrics(replica)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"m\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_waiting{model_name=\"m\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 1\n"),
+            "{text}"
+        );
+        drop(held);
+        assert_eq!(replica.in_flight.load(Ordering::SeqCst), 1);
+    }
+}
