@@ -5,6 +5,9 @@
 //! `/v1/models`, `/health` and `/metrics` (with vLLM's load gauges), streams with SSE when
 //! asked, echoes the model it received, names itself in the `x-sim-replica` header and the
 //! `served_by` field, and records every request it sees so tests can prove what reached it.
+//! [`picker`] is the endpoint picker that InferencePools put in front of such replicas.
+
+pub mod picker;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};

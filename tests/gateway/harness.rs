@@ -48,7 +48,7 @@ impl Backends {
     }
 
     /// The ports envoy.yaml uses for the backends, each with the port actually bound.
-    fn port_map(&self) -> Vec<(u16, u16)> {
+    pub fn port_map(&self) -> Vec<(u16, u16)> {
         let mut map = Vec::new();
         for (first, pool) in [
             (18001, &self.llama),
@@ -97,32 +97,24 @@ fn required_file(variable: &str) -> PathBuf {
 }
 
 impl Envoy {
-    /// Starts envoy.yaml against `backends`, with `plugin_config` in place of its plugin
-    /// configuration when given.
+    /// Starts the repository's envoy.yaml against `backends`, with `plugin_config` in place
+    /// of its plugin configuration when given.
     pub fn start(backends: &Backends, plugin_config: Option<&str>) -> Result<Self, String> {
-        let envoy_bin = required_file("ENVOY_BIN");
-        let wasm = required_file("MODEL_ROUTER_WASM");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut config =
-            std::fs::read_to_string(root.join("envoy.yaml")).map_err(|e| e.to_string())?;
-        config = replace_once(&config, "port_value: 9901", "port_value: 0")?;
-        config = replace_once(&config, "port_value: 10000", "port_value: 0")?;
-        for (from, to) in backends.port_map() {
-            config = replace_once(
-                &config,
-                &format!("port_value: {from} "),
-                &format!("port_value: {to} "),
-            )?;
-        }
-        config = replace_once(
-            &config,
-            "filename: target/model_router.wasm",
-            &format!("filename: {}", wasm.display()),
-        )?;
+        let mut config = render("envoy.yaml", &backends.port_map())?;
         if let Some(plugin_config) = plugin_config {
             config = replace_plugin_config(&config, plugin_config)?;
         }
+        Self::launch(&config)
+    }
 
+    /// Starts the configuration at `path` (relative to the repository), its admin and
+    /// listener ports free ones and each `(written, bound)` port swapped.
+    pub fn start_file(path: &str, ports: &[(u16, u16)]) -> Result<Self, String> {
+        Self::launch(&render(path, ports)?)
+    }
+
+    fn launch(config: &str) -> Result<Self, String> {
+        let envoy_bin = required_file("ENVOY_BIN");
         let dir = std::env::temp_dir().join(format!(
             "model-router-e2e-{}-{}",
             std::process::id(),
@@ -239,6 +231,29 @@ impl Drop for Envoy {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Reads a configuration of the repository with free admin and listener ports, the built
+/// filter, and each `(written, bound)` port swapped.
+fn render(path: &str, ports: &[(u16, u16)]) -> Result<String, String> {
+    let wasm = required_file("MODEL_ROUTER_WASM");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config =
+        std::fs::read_to_string(root.join(path)).map_err(|e| format!("{path}: {e}"))?;
+    config = replace_once(&config, "port_value: 9901", "port_value: 0")?;
+    config = replace_once(&config, "port_value: 10000", "port_value: 0")?;
+    for (from, to) in ports {
+        config = replace_once(
+            &config,
+            &format!("port_value: {from} "),
+            &format!("port_value: {to} "),
+        )?;
+    }
+    replace_once(
+        &config,
+        "filename: target/model_router.wasm",
+        &format!("filename: {}", wasm.display()),
+    )
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {

@@ -10,6 +10,7 @@ mod harness;
 use bytes::Bytes;
 use client::{raw_exchange, request, send, Connection, Frames, Protocol, Reply};
 use harness::{Backends, Envoy, LLAMA, MISTRAL, PLAIN, TAG_HEADER};
+use llm_sim::picker::Picker;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -46,6 +47,19 @@ impl World {
         headers: &[(&str, &str)],
         frames: Vec<Bytes>,
     ) -> Result<(Reply, String), String> {
+        self.exchange_at(self.envoy.listener, protocol, method, path, headers, frames)
+    }
+
+    /// [`World::exchange`] with another gateway.
+    fn exchange_at(
+        &self,
+        listener: std::net::SocketAddr,
+        protocol: Protocol,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        frames: Vec<Bytes>,
+    ) -> Result<(Reply, String), String> {
         let tag = self.tag();
         let mut all = vec![
             (TAG_HEADER, tag.as_str()),
@@ -53,9 +67,7 @@ impl World {
         ];
         all.extend_from_slice(headers);
         let request = request(method, path, &all, Frames::new(frames));
-        let reply = self
-            .runtime
-            .block_on(send(self.envoy.listener, protocol, request))?;
+        let reply = self.runtime.block_on(send(listener, protocol, request))?;
         Ok((reply, tag))
     }
 
@@ -685,6 +697,66 @@ fn bad_plugin_configuration_refuses_to_load(world: &World) -> Outcome {
     }
 }
 
+fn envoy_gateway_shaped_data_plane_routes_through_the_right_picker(world: &World) -> Outcome {
+    let backends = &world.backends;
+    let start_picker = |pool: &llm_sim::Pool| {
+        let endpoints = pool.replicas.iter().map(|r| r.addr).collect();
+        world.runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            Picker::start(listener, endpoints)
+        })
+    };
+    let llama_picker = start_picker(&backends.llama).map_err(|e| e.to_string())?;
+    let mistral_picker = start_picker(&backends.mistral).map_err(|e| e.to_string())?;
+    let ports = [
+        (18021, backends.plain.replicas[0].addr.port()),
+        (19002, llama_picker.addr.port()),
+        (19012, mistral_picker.addr.port()),
+    ];
+    let envoy = Envoy::start_file("tests/gateway/envoy-gateway-shaped.yaml", &ports)?;
+    let post = |body: &[u8], method: &str| {
+        world.exchange_at(
+            envoy.listener,
+            Protocol::Http1,
+            method,
+            "/v1/chat/completions",
+            &[],
+            if body.is_empty() {
+                vec![]
+            } else {
+                vec![Bytes::copy_from_slice(body)]
+            },
+        )
+    };
+    let picked = || (llama_picker.seen_models(), mistral_picker.seen_models());
+    for model in [LLAMA, MISTRAL, PLAIN] {
+        let (reply, tag) = post(chat_body(model).to_string().as_bytes(), "POST")?;
+        world
+            .expect_routed(&reply, &tag, model)
+            .map_err(|e| format!("{model}: {e}; pickers saw {:?}", picked()))?;
+    }
+    let (llama, mistral) = picked();
+    ensure!(
+        llama == [Some(LLAMA.to_owned())],
+        "llama picker saw {llama:?}"
+    );
+    ensure!(
+        mistral == [Some(MISTRAL.to_owned())],
+        "mistral picker saw {mistral:?}"
+    );
+    let (reply, tag) = post(chat_body("gpt-unknown").to_string().as_bytes(), "POST")?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+    let (reply, tag) = post(b"", "POST")?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+    let (reply, tag) = post(br#"{"model":"mistral:latest","model":"x"}"#, "POST")?;
+    world.expect_refused(&reply, &tag, 400, "duplicate_model")?;
+    ensure!(
+        picked() == (llama, mistral),
+        "a picker ran for a request no pool serves"
+    );
+    Ok(())
+}
+
 fn gateway_still_serves_after_everything(world: &World) -> Outcome {
     // Envoy must not have crashed along the way.
     let ready =
@@ -776,6 +848,10 @@ const CASES: &[Case] = &[
     (
         "bad_plugin_configuration_refuses_to_load",
         bad_plugin_configuration_refuses_to_load,
+    ),
+    (
+        "envoy_gateway_shaped_data_plane_routes_through_the_right_picker",
+        envoy_gateway_shaped_data_plane_routes_through_the_right_picker,
     ),
     (
         "gateway_still_serves_after_everything",
