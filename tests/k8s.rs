@@ -284,7 +284,8 @@ fn the_validator_refuses_what_the_schemas_refuse() {
         "gateway.networking.k8s.io/v1".to_owned(),
         "HTTPRoute".to_owned(),
     )];
-    let mutations: [(&str, fn(&mut Value)); 4] = [
+    type Mutation = (&'static str, fn(&mut Value));
+    let mutations: [Mutation; 4] = [
         ("unknown field", |r| r["spec"]["colour"] = "red".into()),
         ("bad enum", |r| {
             r["spec"]["rules"][0]["matches"][0]["headers"][0]["type"] = "Fuzzy".into()
