@@ -4,6 +4,9 @@
 #   ./build.sh          build the optimized filter: target/model_router.wasm (path, size, sha256)
 #   ./build.sh run      build everything and run the local gateway with its simulated backends
 #   ./build.sh test     formatting, clippy, unit, property and end-to-end tests (the CI command)
+#   ./build.sh oci      package the filter as an OCI image (layout in target/oci), print its digest
+#   ./build.sh push REGISTRY/REPOSITORY:TAG [--write-k8s]
+#                       push that image; --write-k8s pins it in k8s/filter.yaml
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -123,6 +126,7 @@ EOF
 run_tests() {
   build_wasm
   ensure_envoy
+  apt_install skopeo docker-registry
   log "checking formatting and lints"
   cargo fmt --all -- --check
   cargo clippy --locked --workspace --all-targets -- -D warnings
@@ -137,9 +141,84 @@ run_tests() {
   rm -f "$output"
 }
 
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# Writes a file into the OCI layout's blob store; prints its digest (hex).
+add_blob() {
+  local digest
+  digest=$(sha256_of "$1")
+  cp "$1" "$OCI/blobs/sha256/$digest"
+  echo "$digest"
+}
+
+# The Wasm image "compat" variant Envoy Gateway pulls: an OCI image whose single layer, a
+# gzip'd tar, holds plugin.wasm. Everything that could vary between builds is fixed (file
+# times, owners, modes, order, gzip header), so the same .wasm always gives the same digest.
+OCI=target/oci
+package_oci() {
+  build_wasm >&2
+  local work=target/oci-work
+  rm -rf "$OCI" "$work"
+  mkdir -p "$OCI/blobs/sha256" "$work"
+  cp "$WASM" "$work/plugin.wasm"
+  chmod 0644 "$work/plugin.wasm"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
+    --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+    -C "$work" -cf "$work/layer.tar" plugin.wasm
+  gzip -9 -n -c "$work/layer.tar" > "$work/layer.tar.gz"
+  local diff_id layer layer_size config config_size manifest manifest_size
+  diff_id=$(sha256_of "$work/layer.tar")
+  layer=$(add_blob "$work/layer.tar.gz")
+  layer_size=$(stat -c %s "$work/layer.tar.gz")
+  printf '{"architecture":"wasm","os":"wasip1","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$diff_id" > "$work/config.json"
+  config=$(add_blob "$work/config.json")
+  config_size=$(stat -c %s "$work/config.json")
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.title":"plugin.wasm"}}]}' \
+    "$config" "$config_size" "$layer" "$layer_size" > "$work/manifest.json"
+  manifest=$(add_blob "$work/manifest.json")
+  manifest_size=$(stat -c %s "$work/manifest.json")
+  printf '{"imageLayoutVersion":"1.0.0"}' > "$OCI/oci-layout"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' \
+    "$manifest" "$manifest_size" > "$OCI/index.json"
+  rm -rf "$work"
+  echo "$manifest"
+}
+
+oci() {
+  local digest
+  digest=$(package_oci)
+  printf 'oci:    %s (OCI image layout, tag latest)\ndigest: sha256:%s\n' "$OCI" "$digest"
+}
+
+# Pushes the image with skopeo; registries on loopback are spoken to over plain HTTP.
+push() {
+  local reference=${1:-} write_k8s=${2:-}
+  if [ -z "$reference" ] || { [ -n "$write_k8s" ] && [ "$write_k8s" != --write-k8s ]; }; then
+    echo "usage: $0 push REGISTRY/REPOSITORY:TAG [--write-k8s]" >&2
+    exit 2
+  fi
+  apt_install skopeo
+  local digest tls=true
+  digest=$(package_oci)
+  case "$reference" in
+    localhost[:/]* | 127.*) tls=false ;;
+  esac
+  log "pushing $reference"
+  skopeo copy --quiet --preserve-digests --dest-tls-verify="$tls" "oci:$OCI:latest" "docker://$reference"
+  printf 'pushed: %s\ndigest: sha256:%s\n' "$reference" "$digest"
+  printf '\nEnvoyExtensionPolicy code:\n  type: Image\n  image:\n    url: %s\n    sha256: %s\n' "$reference" "$digest"
+  if [ -n "$write_k8s" ]; then
+    sed -i -E "s|^(        url: ).*|\1$reference|; s|^(        sha256: ).*|\1$digest|" k8s/filter.yaml
+    log "k8s/filter.yaml now pins $reference@sha256:$digest"
+  fi
+}
+
 case "${1:-build}" in
   build) build_wasm ;;
   run) run_gateway ;;
   test) run_tests ;;
-  *) echo "usage: $0 [build|run|test]" >&2; exit 2 ;;
+  oci) oci ;;
+  push) push "${2:-}" "${3:-}" ;;
+  *) echo "usage: $0 [build|run|test|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac
