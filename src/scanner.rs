@@ -192,7 +192,7 @@ impl ModelScanner {
         let mut i = 0;
         while i < chunk.len() {
             if self.state == State::String && self.role == StringRole::Other {
-                i += plain_string_run(&chunk[i..]);
+                i += skip_string_content(&chunk[i..]);
                 if i == chunk.len() {
                     break;
                 }
@@ -609,10 +609,27 @@ fn is_whitespace(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Length of the prefix of `bytes` that is plain string content: printable ASCII other than
-/// `"` and `\`. Eight bytes at a time, since string content is most of a chat request.
+/// Length of the prefix of `bytes` that is string content needing no decoding: everything
+/// before the next quote, backslash or control byte, less any UTF-8 sequence that is invalid
+/// or cut off by the chunk's end, which the byte-wise path then reports or carries over.
 #[inline]
-fn plain_string_run(bytes: &[u8]) -> usize {
+fn skip_string_content(bytes: &[u8]) -> usize {
+    let (run, non_ascii) = string_content_run(bytes);
+    if !non_ascii {
+        return run;
+    }
+    // A run starts on a character boundary, and a quote, backslash or control byte cannot sit
+    // inside a UTF-8 sequence, so the run can be validated on its own.
+    match std::str::from_utf8(&bytes[..run]) {
+        Ok(_) => run,
+        Err(error) => error.valid_up_to(),
+    }
+}
+
+/// The length of the prefix of `bytes` free of `"`, `\\` and control bytes, and whether it
+/// may hold non-ASCII bytes. Eight bytes at a time: string content is most of a request.
+#[inline]
+fn string_content_run(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
@@ -627,24 +644,28 @@ fn plain_string_run(bytes: &[u8]) -> usize {
     }
 
     let mut i = 0;
+    // May over-report (bytes after the stop are included): then UTF-8 is merely checked.
+    let mut high = 0;
     while i + 8 <= bytes.len() {
         let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
-        let special = zero_bytes(word ^ QUOTES)
-            | zero_bytes(word ^ BACKSLASHES)
-            | (word.wrapping_sub(SPACES) & !word & HIGHS)
-            | (word & HIGHS);
+        high |= word;
+        // Bytes below 0x20, excluding those with the high bit set.
+        let control = word.wrapping_sub(SPACES) & !word & HIGHS;
+        let special = zero_bytes(word ^ QUOTES) | zero_bytes(word ^ BACKSLASHES) | control;
         if special != 0 {
-            return i + (special.trailing_zeros() / 8) as usize;
+            return (i + (special.trailing_zeros() / 8) as usize, high & HIGHS != 0);
         }
         i += 8;
     }
+    let mut non_ascii = high & HIGHS != 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' | b'\\' | 0x00..=0x1f | 0x80..=0xff => return i,
-            _ => i += 1,
+            b'"' | b'\\' | 0x00..=0x1f => return (i, non_ascii),
+            byte => non_ascii |= byte >= 0x80,
         }
+        i += 1;
     }
-    i
+    (i, non_ascii)
 }
 
 #[cfg(test)]
@@ -871,15 +892,25 @@ mod tests {
     }
 
     #[test]
-    fn plain_run_stops_at_every_special_byte() {
-        for special in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
+    fn content_run_stops_at_every_special_byte() {
+        for special in [b'"', b'\\', 0x00, 0x1f] {
             for at in 0..20 {
                 let mut bytes = vec![b'a'; 20];
                 bytes[at] = special;
-                assert_eq!(plain_string_run(&bytes), at, "byte {special:#x} at {at}");
+                assert_eq!(string_content_run(&bytes).0, at, "byte {special:#x} at {at}");
             }
         }
-        assert_eq!(plain_string_run(&[b' '; 19]), 19);
-        assert_eq!(plain_string_run(b"~!#$%^&*()_+{}[]:;'<>,.?/|`"), 27);
+        assert_eq!(string_content_run(&[b' '; 19]), (19, false));
+        assert_eq!(string_content_run(b"~!#$%^&*()_+{}[]:;'<>,.?/|`"), (27, false));
+        assert_eq!(string_content_run("abcdefghé\"".as_bytes()), (10, true));
+        assert_eq!(string_content_run("é".as_bytes()), (2, true));
+    }
+
+    #[test]
+    fn skipping_stops_before_invalid_or_cut_utf8() {
+        assert_eq!(skip_string_content("aé日🙂\"".as_bytes()), 10);
+        assert_eq!(skip_string_content(b"abc\xff\""), 3);
+        assert_eq!(skip_string_content(b"abcdefgh\xe6\x97"), 8);
+        assert_eq!(skip_string_content(b"ab\xed\xa0\x80\""), 2);
     }
 }

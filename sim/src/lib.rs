@@ -7,6 +7,7 @@
 //! `served_by` field, and records every request it sees so tests can prove what reached it.
 //! [`picker`] is the endpoint picker that InferencePools put in front of such replicas.
 
+pub mod body_router;
 pub mod picker;
 
 use bytes::Bytes;

@@ -51,12 +51,7 @@ impl Picker {
             next: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         });
-        let service = ExternalProcessorServer::new(Service(Arc::clone(&state)));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        serve(listener, Service(Arc::clone(&state)));
         Ok(Self { addr, state })
     }
 
@@ -66,9 +61,50 @@ impl Picker {
     }
 }
 
+/// Serves an ext_proc service on `listener`, on the current tokio runtime.
+pub(crate) fn serve(listener: TcpListener, service: impl ExternalProcessor) {
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExternalProcessorServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+}
+
+/// Answers each message of an ext_proc stream with `answer`, which may skip a message.
+pub(crate) fn respond(
+    mut inbound: Streaming<ProcessingRequest>,
+    mut answer: impl FnMut(ProcessingRequest) -> Option<ProcessingResponse> + Send + 'static,
+) -> ResponseStream {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = inbound.message().await {
+            let Some(reply) = answer(message) else {
+                continue;
+            };
+            if sender.send(Ok(reply)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
+/// A header to set, replacing any value the request had.
+pub(crate) fn set_header(name: &str, value: impl Into<Vec<u8>>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            raw_value: value.into(),
+            ..HeaderValue::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
 struct Service(Arc<State>);
 
-type ResponseStream =
+pub(crate) type ResponseStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -79,14 +115,13 @@ impl ExternalProcessor for Service {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (sender, receiver) = mpsc::channel(4);
         let state = Arc::clone(&self.0);
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
+        Ok(Response::new(respond(
+            request.into_inner(),
+            move |message| {
                 let Some(processing_request::Request::RequestHeaders(headers)) = message.request
                 else {
-                    continue;
+                    return None;
                 };
                 let model = headers.headers.and_then(|map| {
                     map.headers
@@ -96,13 +131,9 @@ impl ExternalProcessor for Service {
                 });
                 state.seen.lock().expect("picker log").push(model);
                 let index = state.next.fetch_add(1, Ordering::SeqCst) % state.endpoints.len();
-                let reply = pick(state.endpoints[index]);
-                if sender.send(Ok(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+                Some(pick(state.endpoints[index]))
+            },
+        )))
     }
 }
 
@@ -116,21 +147,12 @@ fn header_text(header: &HeaderValue) -> String {
 }
 
 fn pick(endpoint: SocketAddr) -> ProcessingResponse {
-    let destination = HeaderValueOption {
-        header: Some(HeaderValue {
-            key: DESTINATION_HEADER.to_owned(),
-            raw_value: endpoint.to_string().into_bytes(),
-            ..HeaderValue::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..HeaderValueOption::default()
-    };
     ProcessingResponse {
         response: Some(processing_response::Response::RequestHeaders(
             HeadersResponse {
                 response: Some(CommonResponse {
                     header_mutation: Some(HeaderMutation {
-                        set_headers: vec![destination],
+                        set_headers: vec![set_header(DESTINATION_HEADER, endpoint.to_string())],
                         ..HeaderMutation::default()
                     }),
                     ..CommonResponse::default()

@@ -1,5 +1,8 @@
 //! The per-stream context: strips any client-sent routing header, holds the request while
-//! its body is scanned, then sets the header (Envoy re-matches the route) or replies.
+//! its body is scanned, then sets the header or replies.
+//!
+//! Envoy clears the route cache whenever a wasm filter changes the request headers, so the
+//! route is matched again with the header as set (or removed); the gateway tests prove it.
 
 use super::root_context::Plugin;
 use crate::rejection::Rejection;
@@ -49,11 +52,11 @@ impl ModelRouterStream {
 
     /// Ends the scan: sets the routing header, or replies with the refusal.
     fn route(&mut self, router: BodyRouter) -> Action {
+        self.plugin.metrics.record_memory();
         match router.finish() {
             Ok(Route::Model(model)) => {
                 let settings = &self.plugin.settings;
                 self.set_http_request_header_bytes(&settings.header, Some(&model));
-                clear_route_cache();
                 self.plugin.metrics.routed();
                 debug!(
                     "model-router: routed model {:?}",
@@ -95,7 +98,6 @@ impl HttpContext for ModelRouterStream {
         // The body is the only source of the routing header.
         if self.get_http_request_header_bytes(header).is_some() {
             self.set_http_request_header(header, None);
-            clear_route_cache();
             plugin.metrics.client_header_removed();
             debug!("model-router: removed client-sent {header} header");
         }
@@ -133,14 +135,6 @@ impl HttpContext for ModelRouterStream {
             Stage::Scanning(router) => self.route(router),
             Stage::Forwarding => Action::Continue,
         }
-    }
-}
-
-/// Asks Envoy to match the route again with the headers as they are now, through the
-/// `clear_route_cache` foreign function Envoy registers for wasm filters.
-fn clear_route_cache() {
-    if let Err(status) = proxy_wasm::hostcalls::call_foreign_function("clear_route_cache", None) {
-        log::warn!("model-router: clear_route_cache failed: {status:?}");
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::rejection::{Rejection, CODES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
+use std::cell::Cell;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -12,6 +13,9 @@ pub struct Metrics {
     skipped: u32,
     client_header_removed: u32,
     rejected: [u32; CODES.len()],
+    memory: u32,
+    /// The last value given to the memory gauge, to call the host only when it changes.
+    memory_recorded: Cell<u64>,
 }
 
 impl Metrics {
@@ -27,7 +31,18 @@ impl Metrics {
             skipped: counter("model_router.requests_skipped")?,
             client_header_removed: counter("model_router.client_header_removed")?,
             rejected,
+            memory: hostcalls::define_metric(MetricType::Gauge, "model_router.wasm_memory_bytes")?,
+            memory_recorded: Cell::new(0),
         })
+    }
+
+    /// Records the size of the VM's linear memory, which only grows: a gauge that stays flat
+    /// under ever larger bodies shows the filter does not keep them.
+    pub fn record_memory(&self) {
+        let bytes = linear_memory_bytes();
+        if self.memory_recorded.replace(bytes) != bytes {
+            let _ = hostcalls::record_metric(self.memory, bytes);
+        }
     }
 
     /// A body named a model and the header was set.
@@ -53,6 +68,17 @@ impl Metrics {
     pub fn rejected(&self, rejection: &Rejection) {
         increment(self.rejected[rejection.index()]);
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn linear_memory_bytes() -> u64 {
+    core::arch::wasm32::memory_size::<0>() as u64 * 65536
+}
+
+/// The host layer is also compiled natively, for clippy only; it never runs there.
+#[cfg(not(target_arch = "wasm32"))]
+fn linear_memory_bytes() -> u64 {
+    0
 }
 
 fn increment(id: u32) {

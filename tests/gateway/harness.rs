@@ -113,7 +113,8 @@ impl Envoy {
         Self::launch(&render(path, ports)?)
     }
 
-    fn launch(config: &str) -> Result<Self, String> {
+    /// Starts Envoy with `config` as its bootstrap.
+    pub fn launch(config: &str) -> Result<Self, String> {
         let envoy_bin = required_file("ENVOY_BIN");
         let dir = std::env::temp_dir().join(format!(
             "model-router-e2e-{}-{}",
@@ -194,6 +195,12 @@ impl Envoy {
             .as_u64()
             .ok_or(format!("no listener port in {body}"))?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port as u16)))
+    }
+
+    /// Used by the benchmarks, for the CPU time Envoy spends.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A counter or gauge from Envoy's stats (0 when Envoy has not created it yet).

@@ -563,25 +563,45 @@ fn h2c_uploads_in_many_frames_route(world: &World) -> Outcome {
 }
 
 fn four_mib_body_with_model_last_routes(world: &World) -> Outcome {
+    // Warm both workers' VMs with small bodies, then compare the filter's memory.
+    for _ in 0..4 {
+        let (reply, tag) = world.chat(&chat_body(LLAMA))?;
+        world.expect_routed(&reply, &tag, LLAMA)?;
+    }
+    let memory_before = world
+        .envoy
+        .stat("wasmcustom.model_router.wasm_memory_bytes");
     let content = "lorem ipsum ".repeat(4 * 1024 * 1024 / 12);
     let body =
         json!({"messages": [{"role": "user", "content": content}], "model": LLAMA}).to_string();
     ensure!(body.len() > 4 << 20, "body only {} bytes", body.len());
-    let frames: Vec<Bytes> = body
-        .as_bytes()
-        .chunks(64 * 1024)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    let (reply, tag) =
-        world.exchange(Protocol::Http1, "POST", "/v1/chat/completions", &[], frames)?;
-    world.expect_routed(&reply, &tag, LLAMA)?;
-    let seen = world.backends.saw(&tag);
+    for _ in 0..2 {
+        let frames: Vec<Bytes> = body
+            .as_bytes()
+            .chunks(64 * 1024)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let (reply, tag) =
+            world.exchange(Protocol::Http1, "POST", "/v1/chat/completions", &[], frames)?;
+        world.expect_routed(&reply, &tag, LLAMA)?;
+        let seen = world.backends.saw(&tag);
+        ensure!(
+            seen[0].body.len() == body.len(),
+            "backend got {} of {} bytes",
+            seen[0].body.len(),
+            body.len()
+        );
+    }
+    // Linear memory only grows; one 64 KiB read buffer of slack, not the 4 MiB body.
+    let memory_after = world
+        .envoy
+        .stat("wasmcustom.model_router.wasm_memory_bytes");
+    ensure!(memory_before > 0, "wasm_memory_bytes gauge not recorded");
     ensure!(
-        seen[0].body.len() == body.len(),
-        "backend got {} of {} bytes",
-        seen[0].body.len(),
-        body.len()
+        memory_after <= memory_before + 64 * 1024,
+        "filter memory grew from {memory_before} to {memory_after} bytes with 4 MiB bodies"
     );
+    println!("    filter linear memory: {memory_before} bytes before, {memory_after} after two 4 MiB bodies");
     Ok(())
 }
 
