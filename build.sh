@@ -3,7 +3,9 @@
 #
 #   ./build.sh          build the optimized filter: target/model_router.wasm (path, size, sha256)
 #   ./build.sh run      build everything and run the local gateway with its simulated backends
-#   ./build.sh test     formatting, clippy, unit, property and end-to-end tests (the CI command)
+#   ./build.sh test     formatting, clippy, unit, property and end-to-end tests, benchmark smoke
+#                       runs (the CI command)
+#   ./build.sh bench    the benchmarks in full; results in benches/results/
 #   ./build.sh oci      package the filter as an OCI image (layout in target/oci), print its digest
 #   ./build.sh push REGISTRY/REPOSITORY:TAG [--write-k8s]
 #                       push that image; --write-k8s pins it in k8s/filter.yaml
@@ -11,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 ENVOY_VERSION=1.40.0
+LITELLM_VERSION=1.81.16
+OHA_VERSION=1.16.0
 WASM=target/model_router.wasm
 VENV=.venv
 ENVOY="$VENV/bin/envoy"
@@ -123,20 +127,57 @@ EOF
   wait -n "${pids[@]}"
 }
 
+# What the gateway benchmark runs besides Envoy: wrk, oha, LiteLLM, and the release builds
+# of the simulated backend and the ext_proc body router.
+ensure_bench_tools() {
+  apt_install wrk
+  if ! target/tools/bin/oha --version 2>/dev/null | grep -q " $OHA_VERSION"; then
+    log "building oha $OHA_VERSION (load generator; a few minutes, once)"
+    cargo install --locked --quiet oha --version "$OHA_VERSION" --root target/tools
+  fi
+  if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
+    log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
+    python3 -m venv .venv-litellm
+    .venv-litellm/bin/pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
+  fi
+  cargo build --release --locked -p llm-sim
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
+    LLM_SIM_BIN="$PWD/target/release/llm-sim" \
+    BODY_ROUTER_BIN="$PWD/target/release/ext-proc-body-router" \
+    LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)" \
+    OHA_BIN="$PWD/target/tools/bin/oha"
+}
+
+run_bench() {
+  build_wasm
+  ensure_envoy
+  ensure_bench_tools
+  log "scanner benchmark (native)"
+  cargo bench --locked --bench scanner
+  log "gateway benchmark (about 15 minutes)"
+  cargo bench --locked --bench gateway
+}
+
 run_tests() {
   build_wasm
   ensure_envoy
   apt_install skopeo docker-registry
+  ensure_bench_tools
   log "checking formatting and lints"
   cargo fmt --all -- --check
   cargo clippy --locked --workspace --all-targets -- -D warnings
-  log "running every test"
+  log "running every test, then the benchmarks in smoke mode"
   local output
   output=$(mktemp)
-  MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
-    cargo test --locked --workspace 2>&1 | tee "$output"
-  # One closing line for every suite: libtest's and the gateway harness's counts summed.
-  awk '/^test result:/ { p += $4; f += $6 } /^gateway: [0-9]+ passed/ { p += $2; f += $4 }
+  {
+    cargo test --locked --workspace
+    cargo bench --locked --bench scanner -- --smoke
+    cargo bench --locked --bench gateway -- --smoke
+  } 2>&1 | tee "$output"
+  # One closing line for every suite: libtest's counts and the harnesses' own, summed.
+  awk '/^test result:/ { p += $4; f += $6 }
+       /^(gateway|bench smoke|scanner bench smoke): [0-9]+ passed, [0-9]+ failed$/ {
+         p += $(NF-3); f += $(NF-1) }
        END { printf "\nall suites: %d passed, %d failed\n", p, f }' "$output"
   rm -f "$output"
 }
@@ -218,7 +259,8 @@ case "${1:-build}" in
   build) build_wasm ;;
   run) run_gateway ;;
   test) run_tests ;;
+  bench) run_bench ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run|test|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run|test|bench|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

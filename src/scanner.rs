@@ -653,7 +653,10 @@ fn string_content_run(bytes: &[u8]) -> (usize, bool) {
         let control = word.wrapping_sub(SPACES) & !word & HIGHS;
         let special = zero_bytes(word ^ QUOTES) | zero_bytes(word ^ BACKSLASHES) | control;
         if special != 0 {
-            return (i + (special.trailing_zeros() / 8) as usize, high & HIGHS != 0);
+            return (
+                i + (special.trailing_zeros() / 8) as usize,
+                high & HIGHS != 0,
+            );
         }
         i += 8;
     }
@@ -897,11 +900,18 @@ mod tests {
             for at in 0..20 {
                 let mut bytes = vec![b'a'; 20];
                 bytes[at] = special;
-                assert_eq!(string_content_run(&bytes).0, at, "byte {special:#x} at {at}");
+                assert_eq!(
+                    string_content_run(&bytes).0,
+                    at,
+                    "byte {special:#x} at {at}"
+                );
             }
         }
         assert_eq!(string_content_run(&[b' '; 19]), (19, false));
-        assert_eq!(string_content_run(b"~!#$%^&*()_+{}[]:;'<>,.?/|`"), (27, false));
+        assert_eq!(
+            string_content_run(b"~!#$%^&*()_+{}[]:;'<>,.?/|`"),
+            (27, false)
+        );
         assert_eq!(string_content_run("abcdefghé\"".as_bytes()), (10, true));
         assert_eq!(string_content_run("é".as_bytes()), (2, true));
     }

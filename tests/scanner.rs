@@ -1,105 +1,11 @@
 //! The scanner against serde_json: real request bodies split at every byte, and generated
 //! documents (random structure, escapes, whitespace and corruption) in random chunks.
 
-use model_router::scanner::{ModelScanner, ScanError};
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
+#[path = "support/oracle.rs"]
+mod oracle;
+
+use oracle::{check, oracle, scan, Expected};
 use std::fmt::Write;
-
-const MAX_MODEL: usize = 256;
-
-/// What the scanner should report for a body serde_json accepts, following the scanner's
-/// rule that the first problem in byte order decides.
-#[derive(Debug, PartialEq, Eq)]
-enum Expected {
-    Model(Option<Vec<u8>>),
-    Refused(ScanError),
-}
-
-/// serde_json's reading of the top-level object, entry by entry; `None` when serde_json
-/// refuses the body or its top level is not an object.
-fn oracle(body: &[u8]) -> Option<Expected> {
-    struct TopLevel;
-    impl<'de> Visitor<'de> for TopLevel {
-        type Value = Expected;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Expected, A::Error> {
-            let mut outcome: Option<Expected> = None;
-            while let Some(key) = map.next_key::<String>()? {
-                if key != "model" || matches!(outcome, Some(Expected::Refused(_))) {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                if outcome.is_some() {
-                    outcome = Some(Expected::Refused(ScanError::DuplicateModel));
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                outcome = Some(match map.next_value::<Value>()? {
-                    Value::String(model) if model.len() > MAX_MODEL => {
-                        Expected::Refused(ScanError::ModelTooLong { limit: MAX_MODEL })
-                    }
-                    Value::String(model) => Expected::Model(Some(model.into_bytes())),
-                    _ => Expected::Refused(ScanError::ModelNotString),
-                });
-            }
-            Ok(outcome.unwrap_or(Expected::Model(None)))
-        }
-    }
-    // The whole body must be valid JSON (lone surrogates included), as the scanner demands.
-    serde_json::from_slice::<Value>(body).ok()?.as_object()?;
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let expected = deserializer.deserialize_map(TopLevel).ok()?;
-    deserializer.end().ok()?;
-    Some(expected)
-}
-
-fn scan(chunks: &[&[u8]]) -> Expected {
-    let mut scanner = ModelScanner::new(MAX_MODEL);
-    for chunk in chunks {
-        if let Err(error) = scanner.feed(chunk) {
-            return Expected::Refused(error);
-        }
-    }
-    match scanner.finish() {
-        Ok(model) => Expected::Model(model),
-        Err(error) => Expected::Refused(error),
-    }
-}
-
-/// Checks one body, whole and in the given chunks, against serde_json's reading.
-fn check(body: &[u8], chunks: &[&[u8]]) {
-    let whole = scan(&[body]);
-    let split = scan(chunks);
-    assert_eq!(
-        whole,
-        split,
-        "chunking changed the outcome for {:?}",
-        String::from_utf8_lossy(body)
-    );
-    match oracle(body) {
-        Some(expected) => assert_eq!(whole, expected, "body {:?}", String::from_utf8_lossy(body)),
-        None => {
-            // serde_json refuses: so must the scanner, but for numbers serde_json cannot
-            // represent (the scanner checks the grammar only) and nesting between serde_json's
-            // limit and the scanner's.
-            let serde_error = serde_json::from_slice::<Value>(body).err();
-            let tolerated = serde_error.as_ref().is_some_and(|e| {
-                let text = e.to_string();
-                text.contains("number out of range") || text.contains("recursion limit")
-            });
-            if !tolerated {
-                assert!(
-                    matches!(whole, Expected::Refused(_)),
-                    "scanner accepted {:?} which serde_json refuses ({serde_error:?})",
-                    String::from_utf8_lossy(body)
-                );
-            }
-        }
-    }
-}
 
 #[test]
 fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The header an EPP answers with, read by the pool's ORIGINAL_DST cluster.
@@ -63,10 +64,16 @@ impl Picker {
 
 /// Serves an ext_proc service on `listener`, on the current tokio runtime.
 pub(crate) fn serve(listener: TcpListener, service: impl ExternalProcessor) {
+    // Small gRPC messages must not wait for Nagle's algorithm (40 ms stalls otherwise).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ExternalProcessorServer::new(service))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
 }
 

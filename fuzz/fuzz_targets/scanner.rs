@@ -1,0 +1,34 @@
+//! The scanner fed arbitrary bytes in arbitrary chunks, checked against serde_json's reading
+//! (tests/support/oracle.rs): a body serde_json accepts must give the same model or refusal,
+//! anything else must be refused (numbers beyond f64 and nesting between serde_json's limit
+//! and the scanner's excepted), chunking must not change the outcome, and nothing may panic.
+//!
+//! Input: a first byte `k`, then `k % 8` split offsets (one byte each, taken modulo the body
+//! length), then the body.
+#![no_main]
+
+#[path = "../../tests/support/oracle.rs"]
+mod oracle;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&count, rest)) = data.split_first() else {
+        return;
+    };
+    let count = usize::from(count % 8).min(rest.len());
+    let (offsets, body) = rest.split_at(count);
+    let mut cuts: Vec<usize> = offsets
+        .iter()
+        .map(|&o| if body.is_empty() { 0 } else { usize::from(o) % body.len() })
+        .collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for cut in cuts {
+        chunks.push(&body[start..cut]);
+        start = cut;
+    }
+    chunks.push(&body[start..]);
+    oracle::check(body, &chunks);
+});
