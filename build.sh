@@ -6,6 +6,8 @@
 #   ./build.sh test     formatting, clippy, unit, property and end-to-end tests, benchmark smoke
 #                       runs (the CI command)
 #   ./build.sh bench    the benchmarks in full; results in benches/results/
+#   ./build.sh fuzz [SECONDS]   each fuzz target for SECONDS (default 1800) from the corpus
+#   ./build.sh soak [SECONDS]   the soak test for SECONDS (default 600)
 #   ./build.sh oci      package the filter as an OCI image (layout in target/oci), print its digest
 #   ./build.sh push REGISTRY/REPOSITORY:TAG [--write-k8s]
 #                       push that image; --write-k8s pins it in k8s/filter.yaml
@@ -15,6 +17,8 @@ cd "$(dirname "$0")"
 ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
 OHA_VERSION=1.16.0
+CARGO_FUZZ_VERSION=0.13.2
+export PATH="$PWD/target/tools/bin:$PATH"
 WASM=target/model_router.wasm
 VENV=.venv
 ENVOY="$VENV/bin/envoy"
@@ -158,6 +162,46 @@ run_bench() {
   cargo bench --locked --bench gateway
 }
 
+# cargo-fuzz (libFuzzer) needs nightly Rust.
+ensure_cargo_fuzz() {
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
+    log "building cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root target/tools
+  fi
+}
+
+# Replays each target's committed corpus, then fuzzes it for $1 seconds. New inputs go to a
+# scratch corpus; a crash is saved under fuzz/artifacts/ and fails the run.
+run_fuzz() {
+  local seconds=$1 target scratch log_file
+  ensure_cargo_fuzz
+  for target in scanner config; do
+    scratch=$(mktemp -d)
+    log_file=$(mktemp)
+    log "fuzzing $target for ${seconds}s"
+    if ! cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
+      -max_total_time="$seconds" -print_final_stats=1 >"$log_file" 2>&1; then
+      tail -40 "$log_file"
+      echo "fuzz $target: 0 passed, 1 failed"
+      return 1
+    fi
+    awk -v t="$target" '/^stat::number_of_executed_units/ { runs = $2 }
+      / cov: / { for (i = 1; i < NF; i++) if ($i == "cov:") cov = $(i + 1) }
+      END { printf "fuzz %s: %s executions, coverage %s, corpus replayed, no crash\n", t, runs, cov }' "$log_file"
+    rm -rf "$scratch" "$log_file"
+  done
+}
+
+run_soak() {
+  build_wasm
+  ensure_envoy
+  SOAK_SECONDS="$1" MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
+    cargo test --locked --test gateway -- soak
+}
+
 run_tests() {
   build_wasm
   ensure_envoy
@@ -173,6 +217,7 @@ run_tests() {
     cargo test --locked --workspace
     cargo bench --locked --bench scanner -- --smoke
     cargo bench --locked --bench gateway -- --smoke
+    run_fuzz 45
   } 2>&1 | tee "$output"
   # One closing line for every suite: libtest's counts and the harnesses' own, summed.
   awk '/^test result:/ { p += $4; f += $6 }
@@ -260,7 +305,9 @@ case "${1:-build}" in
   run) run_gateway ;;
   test) run_tests ;;
   bench) run_bench ;;
+  fuzz) run_fuzz "${2:-1800}" ;;
+  soak) run_soak "${2:-600}" ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run|test|bench|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run|test|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

@@ -20,15 +20,19 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// Response header naming the replica that served a request.
 pub const REPLICA_HEADER: &str = "x-sim-replica";
+/// Request header a test sends to inject a fault: `reset` closes the connection without an
+/// answer once the request is in, as a crashing server would.
+pub const FAULT_HEADER: &str = "x-sim-fault";
 
 /// How one pool of replicas behaves.
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ pub struct PoolConfig {
     pub time_per_output_token: Duration,
     /// Requests run at once before the rest count as waiting in `/metrics`.
     pub max_num_seqs: usize,
+    /// Keep every request for [`Replica::seen`] (tests); a long-running server must not.
+    pub record_requests: bool,
 }
 
 impl PoolConfig {
@@ -53,6 +59,7 @@ impl PoolConfig {
             time_to_first_token: Duration::ZERO,
             time_per_output_token: Duration::ZERO,
             max_num_seqs: 256,
+            record_requests: true,
         }
     }
 }
@@ -85,10 +92,34 @@ pub struct Replica {
     pub addr: SocketAddr,
     config: Arc<PoolConfig>,
     in_flight: AtomicUsize,
+    /// Completions answered so far, numbering their ids.
+    served: AtomicUsize,
+    recording: AtomicBool,
     seen: Mutex<Vec<SeenRequest>>,
+    /// The accept loop, while the replica is up.
+    accepting: Mutex<Option<JoinHandle<()>>>,
+    /// Bumped when the replica goes down: its open connections close.
+    generation: watch::Sender<u64>,
 }
 
 impl Replica {
+    /// Takes the replica down as a crash would: it stops listening (connections are refused)
+    /// and every open connection closes, requests in flight included.
+    pub fn stop(&self) {
+        if let Some(accepting) = self.accepting.lock().expect("accept loop").take() {
+            accepting.abort();
+        }
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Brings a stopped replica back on the same address.
+    pub async fn restart(self: &Arc<Self>) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let accepting = tokio::spawn(serve(listener, Arc::clone(self)));
+        *self.accepting.lock().expect("accept loop") = Some(accepting);
+        Ok(())
+    }
+
     /// Every request this replica received, health checks excluded.
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.lock().expect("request log").clone()
@@ -113,9 +144,14 @@ impl Pool {
                 addr: listener.local_addr()?,
                 config: Arc::clone(&config),
                 in_flight: AtomicUsize::new(0),
+                served: AtomicUsize::new(0),
+                recording: AtomicBool::new(config.record_requests),
                 seen: Mutex::new(Vec::new()),
+                accepting: Mutex::new(None),
+                generation: watch::Sender::new(0),
             });
-            tokio::spawn(serve(listener, Arc::clone(&replica)));
+            let accepting = tokio::spawn(serve(listener, Arc::clone(&replica)));
+            *replica.accepting.lock().expect("accept loop") = Some(accepting);
             replicas.push(replica);
         }
         Ok(Self { config, replicas })
@@ -140,6 +176,13 @@ impl Pool {
         Self::start(config, listeners)
     }
 
+    /// Turns the request log of every replica on or off (a soak must not keep its traffic).
+    pub fn set_recording(&self, on: bool) {
+        for replica in &self.replicas {
+            replica.recording.store(on, Ordering::SeqCst);
+        }
+    }
+
     /// Every request any replica of the pool received.
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.replicas.iter().flat_map(|r| r.seen()).collect()
@@ -153,19 +196,46 @@ async fn serve(listener: TcpListener, replica: Arc<Replica>) {
         };
         let _ = stream.set_nodelay(true);
         let replica = Arc::clone(&replica);
+        let mut down = replica.generation.subscribe();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let replica = Arc::clone(&replica);
-                async move { Ok::<_, Infallible>(handle(request, replica).await) }
+                async move {
+                    let fault = request
+                        .headers()
+                        .get(FAULT_HEADER)
+                        .is_some_and(|v| v == "reset");
+                    let response = handle(request, replica).await;
+                    // An error from the service makes hyper drop the connection unanswered.
+                    if fault {
+                        Err(ResetConnection)
+                    } else {
+                        Ok(response)
+                    }
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A client that goes away mid-request is not the server's error.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // A client that goes away mid-request is not the server's error; a replica that
+            // goes down drops the connection.
+            tokio::select! {
+                _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                _ = down.changed() => {}
+            }
         });
     }
 }
+
+/// The injected `reset` fault.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset by fault injection")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
 
 type ResponseBody = BoxBody<Bytes, Infallible>;
 
@@ -211,13 +281,15 @@ async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Response<R
     if path == "/health" {
         return full(StatusCode::OK, "text/plain", Bytes::new(), &replica);
     }
-    replica.seen.lock().expect("request log").push(SeenRequest {
-        replica: replica.id.clone(),
-        method: method.to_string(),
-        path: path.clone(),
-        headers,
-        body: body.clone(),
-    });
+    if replica.recording.load(Ordering::SeqCst) {
+        replica.seen.lock().expect("request log").push(SeenRequest {
+            replica: replica.id.clone(),
+            method: method.to_string(),
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+    }
     let _in_flight = InFlight::new(&replica);
     match (method, path.as_str()) {
         (Method::GET, "/v1/models") => models(&replica),
@@ -401,7 +473,7 @@ async fn completion(
     let id = format!(
         "{}-{}",
         if chat { "chatcmpl" } else { "cmpl" },
-        replica.seen.lock().expect("request log").len()
+        replica.served.fetch_add(1, Ordering::SeqCst)
     );
     let config = &replica.config;
     if request["stream"].as_bool() == Some(true) {

@@ -19,6 +19,8 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut config = PoolConfig::new("", &[]);
+    // A server that runs for hours keeps no request log.
+    config.record_requests = false;
     let (mut host, mut port, mut replicas) = ("127.0.0.1".to_owned(), None, 1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));

@@ -194,6 +194,41 @@ fn origin_form(mut request: hyper::Request<Frames>) -> hyper::Request<Frames> {
     request
 }
 
+/// An HTTP/2 (h2c) connection carrying many concurrent streams.
+#[derive(Clone)]
+pub struct H2Connection {
+    sender: hyper::client::conn::http2::SendRequest<Frames>,
+}
+
+impl H2Connection {
+    pub async fn open(addr: SocketAddr) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Sends one request as a new stream; clones of the connection send concurrently.
+    pub async fn send(&mut self, request: hyper::Request<Frames>) -> Result<Reply, String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection closed: {e}"))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        read_reply(response).await
+    }
+}
+
 /// Writes `parts` to a new connection one write each (Nagle off), then reads the response.
 pub fn raw_exchange(addr: SocketAddr, parts: &[&[u8]]) -> Result<Reply, String> {
     let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;

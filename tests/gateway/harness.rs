@@ -107,6 +107,12 @@ impl Envoy {
         Self::launch(&config)
     }
 
+    /// Starts envoy.yaml against `backends` with one line of it replaced.
+    pub fn start_edited(backends: &Backends, from: &str, to: &str) -> Result<Self, String> {
+        let config = render("envoy.yaml", &backends.port_map())?;
+        Self::launch(&replace_once(&config, from, to)?)
+    }
+
     /// Starts the configuration at `path` (relative to the repository), its admin and
     /// listener ports free ones and each `(written, bound)` port swapped.
     pub fn start_file(path: &str, ports: &[(u16, u16)]) -> Result<Self, String> {
