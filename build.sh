@@ -73,6 +73,9 @@ build_wasm() {
     out=target/offline/wasm32-wasip1/release/model_router.wasm
   fi
   cp "$out" "$WASM"
+  # envoy.yaml watches target/filter/ for a replacement filter; until one is moved in, no update.
+  mkdir -p target/filter
+  [ -e target/filter/model-router.yaml ] || echo 'resources: []' > target/filter/model-router.yaml
   printf 'wasm:   %s\nsize:   %s bytes\nsha256: %s\n' "$WASM" "$(stat -c %s "$WASM")" \
     "$(sha256sum "$WASM" | cut -d' ' -f1)"
 }

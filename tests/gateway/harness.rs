@@ -82,6 +82,10 @@ pub struct Envoy {
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
+/// What build.sh puts in target/filter/model-router.yaml: no update, so the filter configured
+/// in envoy.yaml runs.
+const NO_FILTER_UPDATE: &str = "resources: []\n";
+
 fn required_file(variable: &str) -> PathBuf {
     let path = std::env::var_os(variable)
         .map(PathBuf::from)
@@ -127,7 +131,12 @@ impl Envoy {
             std::process::id(),
             INSTANCE.fetch_add(1, Ordering::SeqCst)
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // envoy.yaml watches target/filter/ for a replacement filter: give each Envoy its own.
+        let filter_dir = dir.join("filter");
+        std::fs::create_dir_all(&filter_dir).map_err(|e| e.to_string())?;
+        std::fs::write(filter_dir.join("model-router.yaml"), NO_FILTER_UPDATE)
+            .map_err(|e| e.to_string())?;
+        let config = config.replace("target/filter", &filter_dir.display().to_string());
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let admin_path = dir.join("admin-address");

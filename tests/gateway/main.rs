@@ -1180,6 +1180,140 @@ fn soak_mixed_traffic_while_a_replica_restarts(world: &World) -> Outcome {
     Ok(())
 }
 
+/// The wasm module with a custom section appended: the same filter, different bytes.
+fn rebuilt_wasm() -> Result<Vec<u8>, String> {
+    let path = std::env::var("MODEL_ROUTER_WASM").map_err(|e| e.to_string())?;
+    let mut wasm = std::fs::read(path).map_err(|e| e.to_string())?;
+    let name = b"model-router-swap";
+    let payload = b"replaced while traffic flows";
+    wasm.push(0); // custom section id
+    wasm.push((1 + name.len() + payload.len()) as u8);
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm.extend_from_slice(payload);
+    Ok(wasm)
+}
+
+/// Moves a new filter configuration into the directory Envoy watches (envoy.yaml's ECDS).
+fn install_filter(envoy: &Envoy, wasm: &std::path::Path, plugin_config: &str) -> Outcome {
+    let resource = format!(
+        r#"resources:
+- "@type": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig
+  name: model-router
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: model-router
+      root_id: model-router
+      allow_on_headers_stop_iteration: true
+      vm_config:
+        vm_id: model-router
+        runtime: envoy.wasm.runtime.v8
+        code: {{ local: {{ filename: {} }} }}
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: '{plugin_config}'
+"#,
+        wasm.display()
+    );
+    let dir = envoy.dir.join("filter");
+    let staging = envoy.dir.join("model-router.yaml.new");
+    std::fs::write(&staging, resource).map_err(|e| e.to_string())?;
+    std::fs::rename(&staging, dir.join("model-router.yaml")).map_err(|e| e.to_string())
+}
+
+fn filter_is_replaced_while_traffic_flows(world: &World) -> Outcome {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let envoy = Envoy::start(&world.backends, None)?;
+    let reloads = "extension_config_discovery.http_filter.model-router.config_reload";
+    let failures = "extension_config_discovery.http_filter.model-router.config_fail";
+    let missing_model = |envoy: &Envoy| {
+        world.exchange_at(
+            envoy.listener,
+            Protocol::Http1,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            vec![Bytes::from_static(b"{}")],
+        )
+    };
+    let (reply, tag) = missing_model(&envoy)?;
+    world.expect_refused(&reply, &tag, 400, "missing_model")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = envoy.listener;
+    let traffic: Vec<_> = (0..6usize)
+        .map(|worker| {
+            let stop = Arc::clone(&stop);
+            world.runtime.spawn(async move {
+                let mut connection = Connection::open(listener).await?;
+                let mut answers = Vec::new();
+                let mut round = worker;
+                while !stop.load(Ordering::SeqCst) {
+                    round += 1;
+                    let model = [LLAMA, MISTRAL, PLAIN][round % 3];
+                    let frames = Frames::new([Bytes::from(chat_body(model).to_string())]);
+                    let headers = [("content-type", "application/json")];
+                    answers.push((
+                        model,
+                        connection
+                            .send(request("POST", "/v1/chat/completions", &headers, frames))
+                            .await?,
+                    ));
+                }
+                Ok::<_, String>(answers)
+            })
+        })
+        .collect();
+
+    // A new .wasm, with a configuration whose effect can be seen: bodies without a model
+    // pass through unrouted instead of being refused.
+    let wasm = envoy.dir.join("model_router-v2.wasm");
+    std::fs::write(&wasm, rebuilt_wasm()?).map_err(|e| e.to_string())?;
+    install_filter(&envoy, &wasm, r#"{"missing_model":"pass_through"}"#)?;
+    wait_stat(&envoy, reloads, 1)?;
+    let (reply, tag) = missing_model(&envoy)?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+
+    // A configuration that cannot load is refused; the running filter keeps serving.
+    install_filter(&envoy, &wasm, r#"{"max_model_bytes":0}"#)?;
+    wait_stat(&envoy, failures, 1)?;
+    let (reply, tag) = missing_model(&envoy)?;
+    world.expect_refused(&reply, &tag, 404, "model_not_found")?;
+
+    stop.store(true, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for task in traffic {
+        answers.extend(world.runtime.block_on(task).map_err(|e| e.to_string())??);
+    }
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(model, reply)| {
+            let pool = world.backends.pool_of(model);
+            let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
+            reply.status != 200 || !pool.replicas.iter().any(|r| r.id == replica)
+        })
+        .map(|(model, reply)| format!("{model}: {} {}", reply.status, reply.text()))
+        .collect();
+    println!(
+        "    {} requests across two filter updates, {} dropped or misrouted",
+        answers.len(),
+        wrong.len()
+    );
+    ensure!(
+        answers.len() > 10,
+        "only {} requests during the swap",
+        answers.len()
+    );
+    ensure!(
+        wrong.is_empty(),
+        "requests failed during the swap: {:?}",
+        &wrong[..wrong.len().min(3)]
+    );
+    Ok(())
+}
+
 fn gateway_still_serves_after_everything(world: &World) -> Outcome {
     // Envoy must not have crashed along the way.
     let ready =
@@ -1299,6 +1433,10 @@ const CASES: &[Case] = &[
     (
         "soak_mixed_traffic_while_a_replica_restarts",
         soak_mixed_traffic_while_a_replica_restarts,
+    ),
+    (
+        "filter_is_replaced_while_traffic_flows",
+        filter_is_replaced_while_traffic_flows,
     ),
     (
         "gateway_still_serves_after_everything",
