@@ -125,30 +125,18 @@ pub async fn send(
     protocol: Protocol,
     request: hyper::Request<Frames>,
 ) -> Result<Reply, String> {
+    match protocol {
+        Protocol::Http1 => Connection::open(addr).await?.send(request).await,
+        Protocol::H2c => H2Connection::open(addr).await?.send(request).await,
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let io = TokioIo::new(stream);
-    let response = match protocol {
-        Protocol::Http1 => {
-            let request = origin_form(request);
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(connection);
-            sender.send_request(request).await
-        }
-        Protocol::H2c => {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(connection);
-            sender.send_request(request).await
-        }
-    };
-    read_reply(response.map_err(|e| format!("request failed: {e}"))?).await
+    Ok(TokioIo::new(stream))
 }
 
 /// An HTTP/1.1 connection that sends requests one after another (keep-alive).
@@ -158,11 +146,7 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(addr: SocketAddr) -> Result<Self, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::handshake(connect(addr).await?)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(connection);
@@ -202,12 +186,8 @@ pub struct H2Connection {
 
 impl H2Connection {
     pub async fn open(addr: SocketAddr) -> Result<Self, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), connect(addr).await?)
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;
         tokio::spawn(connection);
