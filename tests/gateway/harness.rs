@@ -111,10 +111,19 @@ impl Envoy {
         Self::launch(&config)
     }
 
-    /// Starts envoy.yaml against `backends` with one line of it replaced.
-    pub fn start_edited(backends: &Backends, from: &str, to: &str) -> Result<Self, String> {
-        let config = render("envoy.yaml", &backends.port_map())?;
-        Self::launch(&replace_once(&config, from, to)?)
+    /// Starts envoy.yaml against `backends` with one line of it replaced, and `plugin_config`
+    /// in place of its plugin configuration when given.
+    pub fn start_edited(
+        backends: &Backends,
+        from: &str,
+        to: &str,
+        plugin_config: Option<&str>,
+    ) -> Result<Self, String> {
+        let mut config = replace_once(&render("envoy.yaml", &backends.port_map())?, from, to)?;
+        if let Some(plugin_config) = plugin_config {
+            config = replace_plugin_config(&config, plugin_config)?;
+        }
+        Self::launch(&config)
     }
 
     /// Starts the configuration at `path` (relative to the repository), its admin and

@@ -705,16 +705,24 @@ fn missing_model_passes_through_when_configured(world: &World) -> Outcome {
 }
 
 fn bad_plugin_configuration_refuses_to_load(world: &World) -> Outcome {
-    match Envoy::start(&world.backends, Some(r#"{"max_model_bytes": 0}"#)) {
-        Ok(_) => Err("Envoy started with max_model_bytes 0".into()),
-        Err(error) => {
-            ensure!(
+    // Fail closed (envoy.yaml), and fail open too: a filter that cannot start is refused at
+    // load whatever the failure policy, which only governs a VM failing at run time.
+    for policy in ["FAIL_CLOSED", "FAIL_OPEN"] {
+        let started = Envoy::start_edited(
+            &world.backends,
+            "failure_policy: FAIL_CLOSED",
+            &format!("failure_policy: {policy}"),
+            Some(r#"{"max_model_bytes": 0}"#),
+        );
+        match started {
+            Ok(_) => return Err(format!("Envoy started with max_model_bytes 0 and {policy}")),
+            Err(error) => ensure!(
                 error.contains("field `max_model_bytes`: must be between 1 and 4096, got 0"),
-                "the failure does not name the field:\n{error}"
-            );
-            Ok(())
+                "{policy}: the failure does not name the field:\n{error}"
+            ),
         }
     }
+    Ok(())
 }
 
 fn envoy_gateway_shaped_data_plane_routes_through_the_right_picker(world: &World) -> Outcome {
@@ -886,6 +894,7 @@ fn slow_client_times_out_without_blocking_others(world: &World) -> Outcome {
         &world.backends,
         "request_timeout: 300s",
         "request_timeout: 2s",
+        None,
     )?;
     let tag = world.tag();
     let head = format!(
