@@ -1069,6 +1069,12 @@ fn soak_mixed_traffic_while_a_replica_restarts(world: &World) -> Outcome {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let listener = world.envoy.listener;
+    for model in [LLAMA, MISTRAL, PLAIN].repeat(2) {
+        let (reply, tag) = world.chat(&chat_body(model))?;
+        world.expect_routed(&reply, &tag, model)?;
+    }
+    // The gauge is set as the warm-up requests finish: wait until Envoy shows it.
+    wait_stat(&world.envoy, "wasmcustom.model_router.wasm_memory_bytes", 1)?;
     let memory_before = world
         .envoy
         .stat("wasmcustom.model_router.wasm_memory_bytes");
