@@ -123,6 +123,15 @@ impl World {
         Ok(())
     }
 
+    /// Whether `reply` is a 200 from a replica of `model`'s pool that echoes `model`.
+    fn answered_by_its_pool(&self, model: &str, reply: &Reply) -> bool {
+        let pool = self.backends.pool_of(model);
+        let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
+        reply.status == 200
+            && pool.replicas.iter().any(|r| r.id == replica)
+            && reply.json().is_ok_and(|body| body["model"] == model)
+    }
+
     /// Checks an OpenAI-style refusal that no backend saw.
     fn expect_refused(&self, reply: &Reply, tag: &str, status: u16, code: &str) -> Outcome {
         ensure!(
@@ -660,12 +669,7 @@ fn two_thousand_concurrent_requests_are_never_misrouted(world: &World) -> Outcom
     );
     let mut misrouted = 0;
     for (model, reply) in &results {
-        let pool = world.backends.pool_of(model);
-        let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
-        let served_right = reply.status == 200
-            && pool.replicas.iter().any(|r| r.id == replica)
-            && reply.json().is_ok_and(|body| body["model"] == *model);
-        misrouted += usize::from(!served_right);
+        misrouted += usize::from(!world.answered_by_its_pool(model, reply));
     }
     ensure!(
         misrouted == 0,
@@ -1162,12 +1166,7 @@ fn soak_mixed_traffic_while_a_replica_restarts(world: &World) -> Outcome {
             }
             continue;
         }
-        let pool = world.backends.pool_of(model);
-        let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
-        let right = reply.status == 200
-            && pool.replicas.iter().any(|r| r.id == replica)
-            && reply.json().is_ok_and(|body| body["model"] == *model);
-        misrouted += usize::from(!right);
+        misrouted += usize::from(!world.answered_by_its_pool(model, reply));
     }
     let memory_after = world
         .envoy
@@ -1304,11 +1303,7 @@ fn filter_is_replaced_while_traffic_flows(world: &World) -> Outcome {
     }
     let wrong: Vec<String> = answers
         .iter()
-        .filter(|(model, reply)| {
-            let pool = world.backends.pool_of(model);
-            let replica = reply.header(llm_sim::REPLICA_HEADER).unwrap_or_default();
-            reply.status != 200 || !pool.replicas.iter().any(|r| r.id == replica)
-        })
+        .filter(|(model, reply)| !world.answered_by_its_pool(model, reply))
         .map(|(model, reply)| format!("{model}: {} {}", reply.status, reply.text()))
         .collect();
     println!(
