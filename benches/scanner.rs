@@ -4,7 +4,7 @@
 //! `cargo bench --bench scanner` (via `./build.sh bench`) writes benches/results/scanner.md;
 //! `--smoke` measures briefly and writes nothing.
 
-use model_router::scanner::ModelScanner;
+use model_router::request::json::ModelScanner;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -179,9 +179,9 @@ impl Settings {
     }
 
     /// Whether requests to this `:path` (query string ignored) have their body scanned.
-    pub fn scans_path(&self, path: &str) -> bool {
-        let path = path.split_once('?').map_or(path, |(path, _)| path);
-        self.paths.iter().any(|p| p == path)
+    pub fn scans_path(&self, path: &[u8]) -> bool {
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        self.paths.iter().any(|p| p.as_bytes() == path)
     }
 }
 
@@ -267,11 +267,11 @@ mod tests {
     #[test]
     fn paths_match_exactly_with_the_query_ignored() {
         let settings = Settings::default();
-        assert!(settings.scans_path("/v1/chat/completions"));
-        assert!(settings.scans_path("/v1/chat/completions?api-version=1"));
-        assert!(!settings.scans_path("/v1/chat/completions/"));
-        assert!(!settings.scans_path("/v1/chat"));
-        assert!(!settings.scans_path("/v1/models"));
-        assert!(!settings.scans_path("/V1/CHAT/COMPLETIONS"));
+        assert!(settings.scans_path(b"/v1/chat/completions"));
+        assert!(settings.scans_path(b"/v1/chat/completions?api-version=1"));
+        assert!(!settings.scans_path(b"/v1/chat/completions/"));
+        assert!(!settings.scans_path(b"/v1/chat"));
+        assert!(!settings.scans_path(b"/v1/models"));
+        assert!(!settings.scans_path(b"/V1/CHAT/COMPLETIONS"));
     }
 }

@@ -2,15 +2,14 @@
 //! JSON body: it scans the body as it arrives, sets the routing header (`x-ai-eg-model` by
 //! default) and lets Envoy's route table pick the backend.
 //!
-//! Everything that decides is plain Rust, tested natively: [`scanner`] reads the body,
-//! [`config`] the plugin configuration, [`request`] makes the per-request decision and
-//! [`rejection`] maps each refusal to its reply. Only `filter`, built for wasm32,
-//! talks to the host.
+//! Everything that decides is plain Rust, tested natively: [`config`] reads the plugin
+//! configuration, [`request`] decides per request (its [`request::json`] scanner reads the
+//! body) and [`reply`] builds what the filter answers itself. Only `filter`, built for
+//! wasm32, talks to the host.
 
 pub mod config;
 // Also compiled under clippy, so the host layer is linted on the build machine.
 #[cfg(any(target_arch = "wasm32", clippy))]
 mod filter;
-pub mod rejection;
+pub mod reply;
 pub mod request;
-pub mod scanner;

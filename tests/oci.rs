@@ -4,14 +4,12 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use std::process::Command;
+use std::time::Duration;
+use testkit::envoy::root;
+use testkit::registry::Registry;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("model-router-oci-{}-{name}", std::process::id()));
@@ -41,58 +39,6 @@ fn http(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Ok((status, response))
-}
-
-/// Debian's docker-registry (distribution 2.8) on a free loopback port, stopped on drop.
-struct Registry {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Registry {
-    fn start() -> Self {
-        let binary =
-            std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "/usr/bin/docker-registry".into());
-        assert!(
-            Path::new(&binary).is_file(),
-            "{binary} missing: run the tests with ./build.sh test"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let dir = temp_dir("registry");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.join("data").display()
-        );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Self { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http(addr, "GET", "/v2/", "*/*"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "registry not ready on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Runs `build.sh` with `args`; returns its stdout, failing with its stderr.
@@ -130,7 +76,7 @@ fn the_pushed_artifact_is_reproducible_and_comes_back_byte_identical() {
     let second = digest_line(&build_sh(&["oci"]));
     assert_eq!(first, second, "packaging is not reproducible");
 
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let reference = format!("{}/llm-gateway/model-router:e2e", registry.addr);
     let pushed = digest_line(&build_sh(&["push", &reference]));
     assert_eq!(pushed, first, "the pushed image is not the packaged one");

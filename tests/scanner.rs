@@ -1,11 +1,8 @@
 //! The scanner against serde_json: real request bodies split at every byte, and generated
 //! documents (random structure, escapes, whitespace and corruption) in random chunks.
 
-#[path = "support/oracle.rs"]
-mod oracle;
-
-use oracle::{check, oracle, scan, Expected};
 use std::fmt::Write;
+use testkit::oracle::{check, oracle, scan, Expected};
 
 #[test]
 fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {

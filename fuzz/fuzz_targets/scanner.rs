@@ -1,5 +1,5 @@
 //! The scanner fed arbitrary bytes in arbitrary chunks, checked against serde_json's reading
-//! (tests/support/oracle.rs): a body serde_json accepts must give the same model or refusal,
+//! (testkit's oracle): a body serde_json accepts must give the same model or refusal,
 //! anything else must be refused (numbers beyond f64 and nesting between serde_json's limit
 //! and the scanner's excepted), chunking must not change the outcome, and nothing may panic.
 //!
@@ -7,10 +7,8 @@
 //! length), then the body.
 #![no_main]
 
-#[path = "../../tests/support/oracle.rs"]
-mod oracle;
-
 use libfuzzer_sys::fuzz_target;
+use testkit::oracle;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&count, rest)) = data.split_first() else {

@@ -3,13 +3,17 @@
 //!
 //! Envoy clears the route cache whenever a wasm filter changes the request headers, so the
 //! route is matched again with the header as set (or removed); the gateway tests prove it.
+//! A refusal decided before the body ends is held until it does ([`HeldRefusal`]), so that
+//! Envoy keeps the client's HTTP/1.1 connection.
 
-use super::root_context::Plugin;
-use crate::rejection::Rejection;
-use crate::request::{inspect_head, BodyRouter, HeadVerdict, RequestHeaders, Route};
+use super::host::send_local_reply;
+use super::plugin::Plugin;
+use crate::request::{
+    inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Route,
+};
 use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, Status};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 /// Most body bytes copied into wasm memory at once, so the filter's memory stays flat
@@ -21,6 +25,8 @@ enum Stage {
     Forwarding,
     /// Headers are held while the body is scanned.
     Scanning(BodyRouter),
+    /// The request is refused; the rest of its body is dropped until it ends.
+    Refusing(HeldRefusal),
 }
 
 pub struct ModelRouterStream {
@@ -58,36 +64,69 @@ impl ModelRouterStream {
                 let settings = &self.plugin.settings;
                 self.set_http_request_header_bytes(&settings.header, Some(&model));
                 self.plugin.metrics.routed();
-                debug!(
-                    "model-router: routed model {:?}",
-                    String::from_utf8_lossy(&model)
-                );
+                debug!("routed model {:?}", String::from_utf8_lossy(&model));
                 Action::Continue
             }
             Ok(Route::Unrouted) => {
                 self.plugin.metrics.unrouted();
-                debug!("model-router: no model in body, forwarded without routing header");
+                debug!("no model in body, forwarded without routing header");
                 Action::Continue
             }
-            Err(rejection) => self.reject(&rejection),
+            // The whole body has been read (end of stream or trailers).
+            Err(rejection) => self.reply(&rejection),
         }
     }
 
-    fn reject(&mut self, rejection: &Rejection) -> Action {
+    /// Refuses the request once its body has ended: now if it has (`end_of_stream`) or if
+    /// waiting is not worth it, else from [`Stage::Refusing`] when it does. `buffered` body
+    /// bytes are in Envoy's buffer.
+    fn refuse(&mut self, rejection: Rejection, buffered: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            return self.reply(&rejection);
+        }
+        match HeldRefusal::hold(rejection, &self.plugin.settings) {
+            Ok(held) => self.drain(held, buffered, false),
+            Err(rejection) => self.reply(&rejection),
+        }
+    }
+
+    /// Drops the body bytes Envoy holds for a refused request; replies once the body ends.
+    fn drain(&mut self, held: HeldRefusal, buffered: usize, end_of_stream: bool) -> Action {
+        if buffered > 0 {
+            self.set_http_request_body(0, buffered, &[]);
+        }
+        match held.drain(buffered as u64) {
+            Ok(held) if end_of_stream => self.reply(&held.release()),
+            Ok(held) => {
+                self.stage = Stage::Refusing(held);
+                Action::Pause
+            }
+            Err(rejection) => self.reply(&rejection),
+        }
+    }
+
+    fn reply(&mut self, rejection: &Rejection) -> Action {
         self.stage = Stage::Forwarding;
-        self.plugin.metrics.rejected(rejection);
-        debug!("model-router: rejected: {}", rejection.message());
-        let reply = rejection.local_reply();
-        send_local_reply(reply.status, &reply.detail, reply.body.as_bytes());
+        self.plugin.metrics.rejected(rejection.code());
+        debug!("rejected: {}", rejection.message());
+        send_local_reply(&rejection.local_reply());
         Action::Pause
     }
 }
 
 impl Context for ModelRouterStream {}
 
-impl RequestHeaders for ModelRouterStream {
-    fn header(&self, name: &str) -> Option<String> {
-        self.get_http_request_header(name)
+/// The request headers, read from Envoy in one host call: cheaper than one call per header
+/// the decision looks at (each call also re-enters the VM to allocate its answer).
+struct HeaderList(Vec<(String, Vec<u8>)>);
+
+impl RequestHeaders for HeaderList {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        // Envoy hands header names over in lowercase.
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_slice())
     }
 }
 
@@ -95,13 +134,14 @@ impl HttpContext for ModelRouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
         let header = &plugin.settings.header;
+        let headers = HeaderList(self.get_http_request_headers_bytes());
         // The body is the only source of the routing header.
-        if self.get_http_request_header_bytes(header).is_some() {
+        if headers.header(header).is_some() {
             self.set_http_request_header(header, None);
             plugin.metrics.client_header_removed();
-            debug!("model-router: removed client-sent {header} header");
+            debug!("removed client-sent {header} header");
         }
-        match inspect_head(&plugin.settings, self, end_of_stream) {
+        match inspect_head(&plugin.settings, &headers, end_of_stream) {
             HeadVerdict::Skip => {
                 plugin.metrics.skipped();
                 Action::Continue
@@ -110,85 +150,33 @@ impl HttpContext for ModelRouterStream {
                 self.stage = Stage::Scanning(router);
                 Action::Pause
             }
-            HeadVerdict::Reject(rejection) => self.reject(&rejection),
+            HeadVerdict::Reject(rejection) => self.refuse(rejection, 0, end_of_stream),
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Stage::Scanning(mut router) = std::mem::replace(&mut self.stage, Stage::Forwarding)
-        else {
-            return Action::Continue;
-        };
-        if let Err(rejection) = self.scan(&mut router, body_size) {
-            return self.reject(&rejection);
+        match std::mem::replace(&mut self.stage, Stage::Forwarding) {
+            Stage::Forwarding => Action::Continue,
+            Stage::Refusing(held) => self.drain(held, body_size, end_of_stream),
+            Stage::Scanning(mut router) => {
+                if let Err(rejection) = self.scan(&mut router, body_size) {
+                    return self.refuse(rejection, body_size, end_of_stream);
+                }
+                if !end_of_stream {
+                    // Envoy keeps buffering the body; the filter keeps only the scanner's state.
+                    self.stage = Stage::Scanning(router);
+                    return Action::Pause;
+                }
+                self.route(router)
+            }
         }
-        if !end_of_stream {
-            // Envoy keeps buffering the body; the filter keeps only the scanner's state.
-            self.stage = Stage::Scanning(router);
-            return Action::Pause;
-        }
-        self.route(router)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match std::mem::replace(&mut self.stage, Stage::Forwarding) {
             Stage::Scanning(router) => self.route(router),
+            Stage::Refusing(held) => self.reply(&held.release()),
             Stage::Forwarding => Action::Continue,
         }
     }
-}
-
-/// Sends a local reply with a response-code detail, which the SDK's `send_http_response`
-/// leaves empty.
-fn send_local_reply(status: u32, detail: &str, body: &[u8]) {
-    const CONTENT_TYPE: (&str, &str) = ("content-type", "application/json");
-    let headers = serialize_headers(&[CONTENT_TYPE]);
-    // SAFETY: every pointer and length describes a live slice for the duration of the call.
-    let status = unsafe {
-        proxy_send_local_response(
-            status,
-            detail.as_ptr(),
-            detail.len(),
-            body.as_ptr(),
-            body.len(),
-            headers.as_ptr(),
-            headers.len(),
-            -1,
-        )
-    };
-    if status != Status::Ok {
-        log::error!("model-router: local reply failed: {status:?}");
-    }
-}
-
-/// The proxy-wasm header map encoding: count, then each name and value length, then each
-/// name and value followed by a NUL.
-fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (name, value) in headers {
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in headers {
-        for part in [name, value] {
-            bytes.extend_from_slice(part.as_bytes());
-            bytes.push(0);
-        }
-    }
-    bytes
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> Status;
 }

@@ -1,7 +1,8 @@
 //! Counters, defined once per plugin and named `model_router.<thing>_<outcome>`; Envoy
 //! exposes them under its `wasmcustom.` stats prefix.
 
-use crate::rejection::{Rejection, CODES};
+use super::host::linear_memory_bytes;
+use crate::reply::ErrorCode;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 use std::cell::Cell;
@@ -12,7 +13,7 @@ pub struct Metrics {
     unrouted: u32,
     skipped: u32,
     client_header_removed: u32,
-    rejected: [u32; CODES.len()],
+    rejected: [u32; ErrorCode::ALL.len()],
     memory: u32,
     /// The last value given to the memory gauge, to call the host only when it changes.
     memory_recorded: Cell<u64>,
@@ -21,9 +22,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn define() -> Result<Self, Status> {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name);
-        let mut rejected = [0; CODES.len()];
-        for (id, code) in rejected.iter_mut().zip(CODES) {
-            *id = counter(&format!("model_router.requests_rejected_{code}"))?;
+        let mut rejected = [0; ErrorCode::ALL.len()];
+        for (id, code) in rejected.iter_mut().zip(ErrorCode::ALL) {
+            *id = counter(&format!("model_router.requests_rejected_{}", code.as_str()))?;
         }
         Ok(Self {
             routed: counter("model_router.requests_routed")?,
@@ -36,8 +37,7 @@ impl Metrics {
         })
     }
 
-    /// Records the size of the VM's linear memory, which only grows: a gauge that stays flat
-    /// under ever larger bodies shows the filter does not keep them.
+    /// Records the size of the VM's linear memory (see [`linear_memory_bytes`]).
     pub fn record_memory(&self) {
         let bytes = linear_memory_bytes();
         if self.memory_recorded.replace(bytes) != bytes {
@@ -65,20 +65,10 @@ impl Metrics {
         increment(self.client_header_removed);
     }
 
-    pub fn rejected(&self, rejection: &Rejection) {
-        increment(self.rejected[rejection.index()]);
+    /// The filter answered the request itself with this error.
+    pub fn rejected(&self, code: ErrorCode) {
+        increment(self.rejected[code.index()]);
     }
-}
-
-#[cfg(target_arch = "wasm32")]
-fn linear_memory_bytes() -> u64 {
-    core::arch::wasm32::memory_size::<0>() as u64 * 65536
-}
-
-/// The host layer is also compiled natively, for clippy only; it never runs there.
-#[cfg(not(target_arch = "wasm32"))]
-fn linear_memory_bytes() -> u64 {
-    0
 }
 
 fn increment(id: u32) {

@@ -3,19 +3,13 @@
 
 use super::http_context::ModelRouterStream;
 use super::metrics::Metrics;
+use super::plugin::Plugin;
 use crate::config::Settings;
 use log::{error, info, LevelFilter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::rc::Rc;
-
-/// What every stream of one plugin shares.
-#[derive(Debug)]
-pub struct Plugin {
-    pub settings: Settings,
-    pub metrics: Metrics,
-}
 
 #[derive(Default)]
 pub struct ModelRouterRoot {
@@ -33,19 +27,19 @@ impl RootContext for ModelRouterRoot {
         let settings = match Settings::parse(&config) {
             Ok(settings) => settings,
             Err(e) => {
-                error!("model-router: {e}; the plugin refuses to start");
+                error!("{e}; the plugin refuses to start");
                 return false;
             }
         };
         let metrics = match Metrics::define() {
             Ok(metrics) => metrics,
             Err(status) => {
-                error!("model-router: cannot define counters ({status:?}); the plugin refuses to start");
+                error!("cannot define counters ({status:?}); the plugin refuses to start");
                 return false;
             }
         };
         info!(
-            "model-router: routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
+            "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
             settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model
         );
         self.plugin = Some(Rc::new(Plugin { settings, metrics }));

@@ -1,13 +1,20 @@
 //! What the filter decides for one request, as plain Rust: whether its body is scanned, and
 //! what the scanned body routes to. The host layer only moves headers and bytes.
+//!
+//! [`json`] finds the model in a JSON body; [`rejection`] names every refusal.
+
+pub mod json;
+mod rejection;
+
+pub use rejection::Rejection;
 
 use crate::config::{MissingModel, Settings};
-use crate::rejection::{check_model, Rejection};
-use crate::scanner::ModelScanner;
+use json::ModelScanner;
 
-/// Read access to the request headers, looked up only when the decision needs them.
+/// Read access to the request headers (names in lowercase).
 pub trait RequestHeaders {
-    fn header(&self, name: &str) -> Option<String>;
+    /// The first value of header `name`.
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 /// What to do once the headers are in.
@@ -38,20 +45,23 @@ pub fn inspect_head(
     if end_of_stream
         || !headers
             .header(":path")
-            .is_some_and(|p| settings.scans_path(&p))
+            .is_some_and(|p| settings.scans_path(p))
     {
         return HeadVerdict::Skip;
     }
     if headers
         .header("content-encoding")
-        .is_some_and(|encoding| !encoding.trim().eq_ignore_ascii_case("identity"))
+        .is_some_and(|encoding| !encoding.trim_ascii().eq_ignore_ascii_case(b"identity"))
     {
         return HeadVerdict::Reject(Rejection::UnsupportedEncoding);
     }
     // A declared length over the limit is refused before any of the body is read. A length
     // that does not parse is left to Envoy's codec, which has already checked it.
     let declared = headers.header("content-length");
-    if let Some(length) = declared.and_then(|l| l.trim().parse::<u64>().ok()) {
+    if let Some(length) = declared
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .and_then(|l| l.trim().parse::<u64>().ok())
+    {
         if length > settings.max_body_bytes {
             return HeadVerdict::Reject(Rejection::BodyTooLarge {
                 limit: settings.max_body_bytes,
@@ -112,10 +122,67 @@ impl BodyRouter {
     }
 }
 
+/// A refusal decided before the request body has ended, held until it does.
+///
+/// Envoy keeps a client's HTTP/1.1 connection only if the request was read to its end before
+/// the reply; answering mid-body closes it. So the rest of the body is read and dropped (never
+/// buffered, never forwarded) and the reply goes out when the body ends, unless waiting would
+/// mean reading more than `max_body_bytes`: then the reply goes out at once and the
+/// connection closes, as it does for a body declared too large.
+#[derive(Debug)]
+pub struct HeldRefusal {
+    rejection: Rejection,
+    /// Body bytes received so far, those already scanned included.
+    received: u64,
+    max_body_bytes: u64,
+}
+
+impl HeldRefusal {
+    /// Holds `rejection`, or hands it back to be sent now. Every body byte received, those
+    /// already scanned included, is then counted with [`HeldRefusal::drain`].
+    pub fn hold(rejection: Rejection, settings: &Settings) -> Result<Self, Rejection> {
+        if matches!(rejection, Rejection::BodyTooLarge { .. }) {
+            return Err(rejection);
+        }
+        Ok(Self {
+            rejection,
+            received: 0,
+            max_body_bytes: settings.max_body_bytes,
+        })
+    }
+
+    /// Counts `bytes` more of the body, dropped by the caller; hands the refusal back once the
+    /// body passes the limit.
+    pub fn drain(mut self, bytes: u64) -> Result<Self, Rejection> {
+        self.received += bytes;
+        if self.received > self.max_body_bytes {
+            return Err(self.rejection);
+        }
+        Ok(self)
+    }
+
+    /// The body has ended: the refusal to send.
+    pub fn release(self) -> Rejection {
+        self.rejection
+    }
+}
+
+/// Checks a decoded model name against what a header value can carry unchanged.
+pub fn check_model(model: &[u8]) -> Result<(), Rejection> {
+    if model.is_empty() {
+        return Err(Rejection::EmptyModel);
+    }
+    let control = |b: &u8| *b < 0x20 || *b == 0x7f;
+    if model.iter().any(control) || model.starts_with(b" ") || model.ends_with(b" ") {
+        return Err(Rejection::InvalidModel);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scanner::SyntaxError;
+    use json::SyntaxError;
 
     use std::collections::HashMap;
 
@@ -124,8 +191,8 @@ mod tests {
     struct Headers(HashMap<&'static str, &'static str>);
 
     impl RequestHeaders for Headers {
-        fn header(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| (*v).to_owned())
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.0.get(name).map(|v| v.as_bytes())
         }
     }
 
@@ -246,6 +313,37 @@ mod tests {
         assert_eq!(
             route(&settings, &[br#"{"model":"a\u0000"}"#]),
             Err(Rejection::InvalidModel)
+        );
+    }
+
+    #[test]
+    fn model_names_must_fit_a_header_value() {
+        assert_eq!(check_model(b"meta-llama/Llama-3.1-8B-Instruct"), Ok(()));
+        assert_eq!(check_model("模型 é".as_bytes()), Ok(()));
+        assert_eq!(check_model(b""), Err(Rejection::EmptyModel));
+        for bad in [&b"a\nb"[..], b"a\r", b"\0", b"a\tb", b"a\x7f", b" a", b"a "] {
+            assert_eq!(check_model(bad), Err(Rejection::InvalidModel), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_wait_for_the_end_of_the_body_within_its_limit() {
+        let settings = Settings {
+            max_body_bytes: 100,
+            ..Settings::default()
+        };
+        let held = HeldRefusal::hold(Rejection::DuplicateModel, &settings).unwrap();
+        let held = held.drain(40).unwrap().drain(60).unwrap();
+        assert_eq!(held.release(), Rejection::DuplicateModel);
+        // Past the limit, the refusal goes out at once.
+        let held = HeldRefusal::hold(Rejection::InvalidModel, &settings).unwrap();
+        let held = held.drain(40).unwrap();
+        assert_eq!(held.drain(61).unwrap_err(), Rejection::InvalidModel);
+        // A body too large is never read further.
+        let too_large = Rejection::BodyTooLarge { limit: 100 };
+        assert_eq!(
+            HeldRefusal::hold(too_large.clone(), &settings).unwrap_err(),
+            too_large
         );
     }
 }

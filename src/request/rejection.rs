@@ -1,8 +1,8 @@
 //! Every reason the filter refuses a request, and the one place each maps to its HTTP
-//! status, OpenAI-style error body, response-code detail and counter.
+//! status, error code (which names its counter and response-code detail) and message.
 
-use crate::scanner::{ScanError, SyntaxError};
-use std::fmt::Write;
+use super::json::{ScanError, SyntaxError};
+use crate::reply::{ErrorCode, ErrorReply, ErrorType, LocalReply};
 
 /// A request refused before it reaches any backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,30 +29,6 @@ pub enum Rejection {
     UnsupportedEncoding,
 }
 
-/// Every rejection's code, in the order of [`Rejection::code`]'s match; used to define one
-/// counter per code up front.
-pub const CODES: [&str; 10] = [
-    "malformed_json",
-    "not_an_object",
-    "missing_model",
-    "duplicate_model",
-    "model_not_string",
-    "empty_model",
-    "model_too_long",
-    "invalid_model",
-    "body_too_large",
-    "unsupported_encoding",
-];
-
-/// A local reply ready for the host: status, response-code detail, JSON body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    /// Envoy response-code detail, `model_router_<code>` (no whitespace, as Envoy requires).
-    pub detail: String,
-    pub body: String,
-}
-
 impl From<ScanError> for Rejection {
     fn from(error: ScanError) -> Self {
         match error {
@@ -66,24 +42,19 @@ impl From<ScanError> for Rejection {
 }
 
 impl Rejection {
-    /// Stable machine-readable name: the error body's `code`, the counter and detail suffix.
-    pub fn code(&self) -> &'static str {
-        CODES[self.index()]
-    }
-
-    /// Position of this rejection's code in [`CODES`].
-    pub fn index(&self) -> usize {
+    /// The error code: the body's `code`, the counter and response-code detail suffix.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::MalformedJson { .. } => 0,
-            Self::NotAnObject => 1,
-            Self::MissingModel => 2,
-            Self::DuplicateModel => 3,
-            Self::ModelNotString => 4,
-            Self::EmptyModel => 5,
-            Self::ModelTooLong { .. } => 6,
-            Self::InvalidModel => 7,
-            Self::BodyTooLarge { .. } => 8,
-            Self::UnsupportedEncoding => 9,
+            Self::MalformedJson { .. } => ErrorCode::MalformedJson,
+            Self::NotAnObject => ErrorCode::NotAnObject,
+            Self::MissingModel => ErrorCode::MissingModel,
+            Self::DuplicateModel => ErrorCode::DuplicateModel,
+            Self::ModelNotString => ErrorCode::ModelNotString,
+            Self::EmptyModel => ErrorCode::EmptyModel,
+            Self::ModelTooLong { .. } => ErrorCode::ModelTooLong,
+            Self::InvalidModel => ErrorCode::InvalidModel,
+            Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            Self::UnsupportedEncoding => ErrorCode::UnsupportedEncoding,
         }
     }
 
@@ -135,57 +106,17 @@ impl Rejection {
         }
     }
 
-    pub fn error_type(&self) -> &'static str {
-        "invalid_request_error"
-    }
-
     /// The reply Envoy sends instead of forwarding the request.
     pub fn local_reply(&self) -> LocalReply {
-        let mut body = String::from("{\"error\":{\"message\":");
-        push_json_string(&mut body, &self.message());
-        body.push_str(",\"type\":");
-        push_json_string(&mut body, self.error_type());
-        body.push_str(",\"param\":");
-        match self.param() {
-            Some(param) => push_json_string(&mut body, param),
-            None => body.push_str("null"),
-        }
-        body.push_str(",\"code\":");
-        push_json_string(&mut body, self.code());
-        body.push_str("}}");
-        LocalReply {
+        ErrorReply {
             status: self.status(),
-            detail: format!("model_router_{}", self.code()),
-            body,
+            code: self.code(),
+            error_type: ErrorType::InvalidRequest,
+            message: &self.message(),
+            param: self.param(),
         }
+        .to_local_reply()
     }
-}
-
-/// Checks a decoded model name against what a header value can carry unchanged.
-pub fn check_model(model: &[u8]) -> Result<(), Rejection> {
-    if model.is_empty() {
-        return Err(Rejection::EmptyModel);
-    }
-    let control = |b: &u8| *b < 0x20 || *b == 0x7f;
-    if model.iter().any(control) || model.starts_with(b" ") || model.ends_with(b" ") {
-        return Err(Rejection::InvalidModel);
-    }
-    Ok(())
-}
-
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c < ' ' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -214,16 +145,19 @@ mod tests {
     fn every_rejection_has_its_own_code_and_a_valid_openai_error_body() {
         let rejections = all();
         let codes: Vec<_> = rejections.iter().map(Rejection::code).collect();
-        assert_eq!(codes, CODES);
+        assert_eq!(codes, ErrorCode::ALL);
         for rejection in rejections {
             let reply = rejection.local_reply();
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
             let error = &body["error"];
             assert_eq!(error["message"], rejection.message());
             assert_eq!(error["type"], "invalid_request_error");
-            assert_eq!(error["code"], rejection.code());
+            assert_eq!(error["code"], rejection.code().as_str());
             assert_eq!(error["param"].as_str(), rejection.param());
-            assert_eq!(reply.detail, format!("model_router_{}", rejection.code()));
+            assert_eq!(
+                reply.detail,
+                format!("model_router_{}", rejection.code().as_str())
+            );
             assert!(!reply.detail.contains(char::is_whitespace));
         }
     }
@@ -248,15 +182,5 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("\\u escape"));
-    }
-
-    #[test]
-    fn model_names_must_fit_a_header_value() {
-        assert_eq!(check_model(b"meta-llama/Llama-3.1-8B-Instruct"), Ok(()));
-        assert_eq!(check_model("模型 é".as_bytes()), Ok(()));
-        assert_eq!(check_model(b""), Err(Rejection::EmptyModel));
-        for bad in [&b"a\nb"[..], b"a\r", b"\0", b"a\tb", b"a\x7f", b" a", b"a "] {
-            assert_eq!(check_model(bad), Err(Rejection::InvalidModel), "{bad:?}");
-        }
     }
 }

@@ -1,5 +1,5 @@
-//! HTTP clients for the tests: hyper for HTTP/1.1 and h2c, and a raw socket where the exact
-//! bytes on the wire matter (chunk sizes, duplicated headers).
+//! HTTP clients: hyper for HTTP/1.1 and h2c behind one send path, and a raw socket where the
+//! exact bytes on the wire matter (chunk sizes, duplicated headers, half a body).
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -125,44 +125,71 @@ pub async fn send(
     protocol: Protocol,
     request: hyper::Request<Frames>,
 ) -> Result<Reply, String> {
-    match protocol {
-        Protocol::Http1 => Connection::open(addr).await?.send(request).await,
-        Protocol::H2c => H2Connection::open(addr).await?.send(request).await,
-    }
+    Connection::open(addr, protocol).await?.send(request).await
 }
 
-async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(TokioIo::new(stream))
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Frames>),
+    Http2(hyper::client::conn::http2::SendRequest<Frames>),
 }
 
-/// An HTTP/1.1 connection that sends requests one after another (keep-alive).
+/// A client connection: HTTP/1.1 sends requests one after another (keep-alive), h2c carries
+/// concurrent streams (see [`Connection::stream`]).
 pub struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Frames>,
+    sender: Sender,
 }
 
 impl Connection {
-    pub async fn open(addr: SocketAddr) -> Result<Self, String> {
-        let (sender, connection) = hyper::client::conn::http1::handshake(connect(addr).await?)
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
+            .map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let io = TokioIo::new(stream);
+        let sender = match protocol {
+            Protocol::Http1 => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(connection);
+                Sender::Http1(sender)
+            }
+            Protocol::H2c => {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| format!("h2 handshake: {e}"))?;
+                tokio::spawn(connection);
+                Sender::Http2(sender)
+            }
+        };
         Ok(Self { sender })
     }
 
+    /// Another handle on the same h2c connection, to send a concurrent stream; `None` for
+    /// HTTP/1.1, which carries one request at a time.
+    pub fn stream(&self) -> Option<Self> {
+        match &self.sender {
+            Sender::Http1(_) => None,
+            Sender::Http2(sender) => Some(Self {
+                sender: Sender::Http2(sender.clone()),
+            }),
+        }
+    }
+
     pub async fn send(&mut self, request: hyper::Request<Frames>) -> Result<Reply, String> {
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection closed: {e}"))?;
-        let response = self
-            .sender
-            .send_request(origin_form(request))
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        let closed = |e: hyper::Error| format!("connection closed: {e}");
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await.map_err(closed)?;
+                sender.send_request(origin_form(request)).await
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await.map_err(closed)?;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| format!("request failed: {e}"))?;
         read_reply(response).await
     }
 }
@@ -176,37 +203,6 @@ fn origin_form(mut request: hyper::Request<Frames>) -> hyper::Request<Frames> {
         .to_owned();
     *request.uri_mut() = path.parse().expect("valid path");
     request
-}
-
-/// An HTTP/2 (h2c) connection carrying many concurrent streams.
-#[derive(Clone)]
-pub struct H2Connection {
-    sender: hyper::client::conn::http2::SendRequest<Frames>,
-}
-
-impl H2Connection {
-    pub async fn open(addr: SocketAddr) -> Result<Self, String> {
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), connect(addr).await?)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(connection);
-        Ok(Self { sender })
-    }
-
-    /// Sends one request as a new stream; clones of the connection send concurrently.
-    pub async fn send(&mut self, request: hyper::Request<Frames>) -> Result<Reply, String> {
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection closed: {e}"))?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        read_reply(response).await
-    }
 }
 
 /// Writes `parts` to a new connection one write each (Nagle off), then reads the response.
@@ -294,4 +290,24 @@ fn dechunk(mut bytes: &[u8]) -> Result<Vec<u8>, String> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A blocking GET on a new connection (admin interfaces, readiness probes): status and body.
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("read {addr}{path}: {e}"))?;
+    let reply = parse_response(&response)?;
+    Ok((reply.status, reply.text()))
 }

@@ -1,7 +1,7 @@
 //! The scanner's specification, executable: serde_json's reading of a body, stated as what
 //! the scanner must report for it. Shared by tests/scanner.rs and the fuzz targets.
 
-use model_router::scanner::{ModelScanner, ScanError};
+use model_router::request::json::{ModelScanner, ScanError};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 

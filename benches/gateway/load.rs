@@ -1,0 +1,229 @@
+//! The load: request bodies of a given size with the model first or last, wrk at saturation
+//! (throughput, latency, the proxy's CPU per request) and oha at a fixed low rate (latency
+//! without queueing).
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testkit::process::cpu_seconds;
+use testkit::scenario::LLAMA as MODEL;
+
+/// Connections kept busy by wrk: enough to saturate two cores through Envoy.
+pub const CONCURRENCY: u32 = 16;
+/// Requests per second of the latency run: far below saturation for every variant.
+pub const LATENCY_RATE: u32 = 100;
+
+/// A chat request of about `size` bytes asking for one token, `model` first or last.
+pub fn body(size: usize, model_last: bool) -> Vec<u8> {
+    let skeleton = |filler: &str| {
+        let messages = json!([{"role": "user", "content": filler}]);
+        if model_last {
+            format!(r#"{{"messages":{messages},"max_tokens":1,"model":"{MODEL}"}}"#)
+        } else {
+            format!(r#"{{"model":"{MODEL}","max_tokens":1,"messages":{messages}}}"#)
+        }
+    };
+    let overhead = skeleton("").len();
+    let words = "the quick brown fox jumps over the lazy dog ";
+    let filler: String = words
+        .chars()
+        .cycle()
+        .take(size.saturating_sub(overhead))
+        .collect();
+    let text = skeleton(&filler);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["model"],
+        MODEL
+    );
+    text.into_bytes()
+}
+
+pub struct Workload {
+    pub label: String,
+    pub size: usize,
+    pub model_last: bool,
+    pub file: PathBuf,
+}
+
+impl Workload {
+    /// 1 KiB, 64 KiB and 1 MiB chat requests, model first and last, written under `dir` with
+    /// the wrk script that sends them.
+    pub fn all(dir: &Path) -> Vec<Self> {
+        let mut workloads = Vec::new();
+        for (size, size_label) in [(1 << 10, "1 KiB"), (64 << 10, "64 KiB"), (1 << 20, "1 MiB")] {
+            for model_last in [false, true] {
+                let label = format!(
+                    "{size_label}, model {}",
+                    if model_last { "last" } else { "first" }
+                );
+                let file = dir.join(format!("body-{size}-{model_last}.json"));
+                std::fs::write(&file, body(size, model_last)).unwrap();
+                std::fs::write(file.with_extension("lua"), WRK_SCRIPT).unwrap();
+                workloads.push(Workload {
+                    label,
+                    size,
+                    model_last,
+                    file,
+                });
+            }
+        }
+        workloads
+    }
+}
+
+/// Sends the body file named by BENCH_BODY, with the routing header when BENCH_HEADER is set.
+const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local model = os.getenv("BENCH_HEADER")
+if model ~= nil and model ~= "" then wrk.headers["x-ai-eg-model"] = model end
+"#;
+
+#[derive(Default, Clone)]
+pub struct Throughput {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// CPU of the proxy's processes, ms per 1,000 requests (= us per request).
+    pub cpu_ms_per_1k: f64,
+    pub errors: u64,
+}
+
+#[derive(Default, Clone)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+}
+
+fn micros(text: &str) -> f64 {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * scale
+}
+
+/// wrk at saturation: requests/s, latency percentiles, and the proxy's CPU per 1,000 requests.
+pub fn run_wrk(
+    wrk: &Path,
+    url: &str,
+    workload: &Workload,
+    header: Option<&str>,
+    seconds: u64,
+    proxy_pids: &[u32],
+) -> Throughput {
+    let script = workload.file.with_extension("lua");
+    let cpu_before: f64 = proxy_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let output = Command::new(wrk)
+        .args([
+            "-t1",
+            &format!("-c{CONCURRENCY}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .env("BENCH_BODY", &workload.file)
+        .env("BENCH_HEADER", header.unwrap_or(""))
+        .output()
+        .expect("run wrk");
+    let cpu = proxy_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut result = Throughput::default();
+    let mut total = 0u64;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", rps] => result.rps = rps.parse().unwrap_or(0.0),
+            ["50%", value] => result.p50_us = micros(value),
+            ["99%", value] => result.p99_us = micros(value),
+            [count, "requests", "in", ..] => total = count.parse().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", count] => {
+                result.errors += count.parse::<u64>().unwrap_or(0)
+            }
+            ["Socket", "errors:", rest @ ..] => {
+                result.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    if total == 0 {
+        eprintln!(
+            "wrk completed no request:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        result.errors += 1;
+    }
+    result.cpu_ms_per_1k = cpu * 1e3 / total.max(1) as f64 * 1e3;
+    result
+}
+
+/// oha at a fixed low rate: latency percentiles without queueing.
+pub fn run_oha(
+    oha: &Path,
+    url: &str,
+    workload: &Workload,
+    header: Option<&str>,
+    seconds: u64,
+) -> Latency {
+    let mut command = Command::new(oha);
+    command
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-z",
+            &format!("{seconds}s"),
+        ])
+        .args(["-q", &LATENCY_RATE.to_string(), "-c", "4", "-m", "POST"])
+        .args(["-H", "content-type: application/json", "-D"])
+        .arg(&workload.file);
+    if let Some(model) = header {
+        command.args(["-H", &format!("x-ai-eg-model: {model}")]);
+    }
+    let output = command.arg(url).output().expect("run oha");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let percentile = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1e6;
+    let statuses = report["statusCodeDistribution"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let errors = statuses
+        .iter()
+        .filter(|(code, _)| code.as_str() != "200")
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum::<u64>()
+        + report["errorDistribution"].as_object().map_or(0, |errors| {
+            errors
+                .iter()
+                // oha cuts the requests still in flight when the duration ends.
+                .filter(|(kind, _)| kind.as_str() != "aborted due to deadline")
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        });
+    let ok = statuses.get("200").and_then(Value::as_u64).unwrap_or(0);
+    assert!(ok > 0, "oha got no 200: {}", report);
+    Latency {
+        p50_us: percentile("p50"),
+        p99_us: percentile("p99"),
+        errors,
+    }
+}

@@ -1,0 +1,296 @@
+//! The HTTP surface of a replica: routing a request to its answer, the model list, vLLM's
+//! `/metrics` gauges, embeddings, and the OpenAI error shape.
+
+use crate::completion::completion;
+use crate::{Replica, SeenRequest, REPLICA_HEADER};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// Counts a request as in flight until dropped (at the end of a streamed answer too).
+pub struct InFlight(Arc<Replica>);
+
+impl InFlight {
+    pub fn new(replica: &Arc<Replica>) -> Self {
+        replica.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(replica))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Response<ResponseBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request body was cut short",
+                "bad_request",
+            )
+        }
+    };
+    if path == "/health" {
+        return full(StatusCode::OK, "text/plain", Bytes::new(), &replica);
+    }
+    if replica.recording.load(Ordering::SeqCst) {
+        replica.seen.lock().expect("request log").push(SeenRequest {
+            replica: replica.id.clone(),
+            method: method.to_string(),
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+    }
+    let _in_flight = InFlight::new(&replica);
+    match (method, path.as_str()) {
+        (Method::GET, "/v1/models") => models(&replica),
+        (Method::GET, "/metrics") => metrics(&replica),
+        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
+            let request: Value = match serde_json::from_slice(&body) {
+                Ok(Value::Object(object)) => Value::Object(object),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "body must be a JSON object",
+                        "bad_request",
+                    )
+                }
+            };
+            let Some(model) = request["model"].as_str().map(str::to_owned) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "'model' is required",
+                    "missing_model",
+                );
+            };
+            if !replica.config.models.contains(&model) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("The model `{model}` does not exist."),
+                    "model_not_found",
+                );
+            }
+            match path.as_str() {
+                "/v1/embeddings" => embeddings(&replica, &model, &request),
+                _ => completion(&replica, &model, &request, path == "/v1/chat/completions").await,
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {path}"),
+            "not_found",
+        ),
+    }
+}
+
+fn full(
+    status: StatusCode,
+    content_type: &str,
+    body: Bytes,
+    replica: &Replica,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(body).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).expect("content type"),
+    );
+    headers.insert(
+        REPLICA_HEADER,
+        HeaderValue::from_str(&replica.id).expect("replica id"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn json_response(replica: &Replica, body: &Value) -> Response<ResponseBody> {
+    full(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(body.to_string()),
+        replica,
+    )
+}
+
+fn models(replica: &Replica) -> Response<ResponseBody> {
+    let data: Vec<Value> = replica
+        .config
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "owned_by": replica.config.name}))
+        .collect();
+    json_response(replica, &json!({"object": "list", "data": data}))
+}
+
+fn metrics(replica: &Replica) -> Response<ResponseBody> {
+    // This request is itself in flight; the gauges describe the others.
+    let in_flight = replica.in_flight.load(Ordering::SeqCst).saturating_sub(1);
+    let running = in_flight.min(replica.config.max_num_seqs);
+    let waiting = in_flight - running;
+    let usage = running as f64 / replica.config.max_num_seqs as f64;
+    let mut text = String::new();
+    for (name, help, value) in [
+        (
+            "vllm:num_requests_running",
+            "Number of requests currently running.",
+            running as f64,
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            waiting as f64,
+        ),
+        (
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            usage,
+        ),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for model in &replica.config.models {
+            text.push_str(&format!("{name}{{model_name=\"{model}\"}} {value}\n"));
+        }
+    }
+    full(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        Bytes::from(text),
+        replica,
+    )
+}
+
+fn embeddings(replica: &Replica, model: &str, request: &Value) -> Response<ResponseBody> {
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'input' must be a string or an array of strings",
+                "bad_input",
+            )
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": embedding(text)}))
+        .collect();
+    let tokens: usize = inputs
+        .iter()
+        .map(|text| text.split_whitespace().count())
+        .sum();
+    json_response(
+        replica,
+        &json!({
+            "object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "served_by": replica.id,
+        }),
+    )
+}
+
+/// A deterministic unit vector derived from the text (FNV-1a seeded per dimension).
+fn embedding(text: &str) -> Vec<f64> {
+    let raw: Vec<f64> = (0u64..8)
+        .map(|dimension| {
+            let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ dimension;
+            for byte in text.bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+            }
+            (hash % 2000) as f64 / 1000.0 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|v| v * v)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    raw.iter().map(|v| v / norm).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Pool, PoolConfig};
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embedding("hello");
+        assert_eq!(a, embedding("hello"));
+        assert_ne!(a, embedding("hellp"));
+        let norm: f64 = a.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn metrics_report_requests_in_flight_as_vllm_gauges() {
+        let mut config = PoolConfig::new("p", &["m"]);
+        config.max_num_seqs = 2;
+        let pool = Pool::bind(config, "127.0.0.1", 0, 1).await.unwrap();
+        let replica = &pool.replicas[0];
+        let held: Vec<InFlight> = (0..4).map(|_| InFlight::new(replica)).collect();
+        // The metrics request itself is in flight while it is answered.
+        let _scrape = InFlight::new(replica);
+        let body = metrics(replica)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"m\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_waiting{model_name=\"m\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 1\n"),
+            "{text}"
+        );
+        drop(held);
+        assert_eq!(replica.in_flight.load(Ordering::SeqCst), 1);
+    }
+}

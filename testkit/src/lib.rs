@@ -1,0 +1,38 @@
+//! What the tests, benchmarks and fuzz targets share, so each says only what it proves.
+//!
+//! Always: [`oracle`], serde_json's reading of a body as the scanner must report it. With the
+//! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
+//! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
+//! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
+//! [`wasm_filter`] (the filter's Envoy
+//! configuration) and [`openai`] (the OpenAI error shape).
+
+pub mod oracle;
+
+#[cfg(feature = "gateway")]
+pub mod client;
+#[cfg(feature = "gateway")]
+pub mod envoy;
+#[cfg(feature = "gateway")]
+pub mod openai;
+#[cfg(feature = "gateway")]
+pub mod process;
+#[cfg(feature = "gateway")]
+pub mod registry;
+#[cfg(feature = "gateway")]
+pub mod scenario;
+#[cfg(feature = "gateway")]
+pub mod wasm_filter;
+
+/// The result of a check: `Err` says what was wrong.
+pub type Outcome = Result<(), String>;
+
+/// Returns `Err(format!(...))` from the enclosing function when the condition does not hold.
+#[macro_export]
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(format!($($message)+));
+        }
+    };
+}
