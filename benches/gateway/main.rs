@@ -133,11 +133,7 @@ fn main() {
         runs: &runs,
     };
     let versions = versions(&tools);
-    let hostcalls = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/gateway/hostcalls.md"),
-    )
-    .expect("benches/gateway/hostcalls.md");
-    let markdown = report::markdown(&summary, &memory, &hostcalls, seconds, &versions);
+    let markdown = report::markdown(&summary, &memory, seconds, &versions);
     if smoke {
         println!("{markdown}");
     } else {
