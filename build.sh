@@ -2,7 +2,9 @@
 # Builds, runs and tests the model-router filter. Installs what it needs on Debian.
 #
 #   ./build.sh          build the optimized filter: target/model_router.wasm (path, size, sha256)
-#   ./build.sh run      build everything and run the local gateway with its simulated backends
+#   ./build.sh run [--backend llm-d]
+#                       build everything and run the local gateway with its simulated backends
+#                       (llm-sim, or llm-d-inference-sim)
 #   ./build.sh test     every suite: lints, unit, property, end-to-end in Envoy, Kubernetes
 #                       manifests, OCI, benchmark smoke runs, fuzzing (the CI command)
 #   ./build.sh test fast    lints, unit, property and gateway suites only (development)
@@ -22,6 +24,10 @@ CARGO_FUZZ_VERSION=0.13.2
 # Go programs, built from their own modules at these versions into target/tools/bin.
 YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
+ENVOY_GATEWAY_MODULE=github.com/envoyproxy/gateway/cmd/envoy-gateway@v1.9.0
+EGCTL_MODULE=github.com/envoyproxy/gateway/cmd/egctl@v1.9.0
+# The simulator the seed's pools run; always with --force-dummy-tokenizer (testkit/src/llm_d.rs).
+LLM_D_SIM_MODULE=github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@v0.10.2
 # Envoy AI Gateway: v1.0.0, as the module proxy refuses v1.1.0 and later (403, "This module
 # version is not available"); the same embedded Envoy Gateway (1.8.1) as v1.1.0.
 export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
@@ -152,10 +158,22 @@ build_programs() {
 
 # The local gateway of envoy.yaml, with the backends its clusters point at.
 run_gateway() {
+  local backend=llm-sim
+  case "${1:-}" in
+    "") ;;
+    --backend) backend=${2:-} ;;
+    *) echo "usage: $0 run [--backend llm-sim|llm-d]" >&2; exit 2 ;;
+  esac
   build_wasm
   ensure_envoy
   build_programs
-  exec target/release/local-gateway --envoy "$ENVOY"
+  local args=(--envoy "$ENVOY" --backend "$backend")
+  case "$backend" in
+    llm-sim) ;;
+    llm-d) go_tool "$LLM_D_SIM_MODULE"; args+=(--llm-d-sim "$PWD/$TOOLS/bin/llm-d-inference-sim") ;;
+    *) echo "usage: $0 run [--backend llm-sim|llm-d]" >&2; exit 2 ;;
+  esac
+  exec target/release/local-gateway "${args[@]}"
 }
 
 # What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
@@ -173,10 +191,15 @@ ensure_test_tools() {
     .venv-litellm/bin/pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
   fi
   go_tool "$KUBECONFORM_MODULE"
+  go_tool "$ENVOY_GATEWAY_MODULE"
+  go_tool "$EGCTL_MODULE"
+  go_tool "$LLM_D_SIM_MODULE"
   go_tool "$AIGW_MODULE"
   build_programs
   export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
-    KUBECONFORM_BIN="$PWD/$TOOLS/bin/kubeconform" AIGW_BIN="$PWD/$TOOLS/bin/aigw" LLM_SIM_BIN="$PWD/target/release/llm-sim" \
+    KUBECONFORM_BIN="$PWD/$TOOLS/bin/kubeconform" AIGW_BIN="$PWD/$TOOLS/bin/aigw" \
+    ENVOY_GATEWAY_BIN="$PWD/$TOOLS/bin/envoy-gateway" EGCTL_BIN="$PWD/$TOOLS/bin/egctl" \
+    LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim" LLM_SIM_BIN="$PWD/target/release/llm-sim" \
     BODY_ROUTER_BIN="$PWD/target/release/ext-proc-body-router" \
     LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)" \
     OHA_BIN="$PWD/$TOOLS/bin/oha"
@@ -304,6 +327,7 @@ run_tests() {
   if [ "$tier" = full ]; then
     suite k8s cargo test --locked --workspace --test k8s
     suite oci cargo test --locked --workspace --test oci
+    suite upstream cargo test --locked --workspace --test upstream
     suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
     suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
     suite fuzz run_fuzz 45
@@ -354,12 +378,12 @@ push() {
 
 case "${1:-build}" in
   build) build_wasm ;;
-  run) run_gateway ;;
+  run) run_gateway "${@:2}" ;;
   test) run_tests "${2:-full}" ;;
   bench) run_bench ;;
   fuzz) run_fuzz "${2:-1800}" ;;
   soak) run_soak "${2:-600}" ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run|test [fast]|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run [--backend llm-d]|test [fast]|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

@@ -1,11 +1,16 @@
-//! An OpenAI-compatible inference server good enough to stand in for vLLM replicas and plain
-//! model backends in the gateway's tests and local runs.
+//! An OpenAI-compatible inference server standing in for vLLM replicas and plain model
+//! backends where the real simulator, llm-d-inference-sim (which the local gateway and the
+//! Envoy Gateway tests also run), cannot do the job.
 //!
-//! Each replica answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/models`, `/health` and `/metrics` (with vLLM's load gauges), streams with SSE when
-//! asked, echoes the model it received, names itself in the `x-sim-replica` header and the
-//! `served_by` field, and records every request it sees so tests can prove what reached it.
-//! [`picker`] is the endpoint picker that InferencePools put in front of such replicas.
+//! What only this one does: it records every request it receives (headers and body bytes), so
+//! a test can prove what reached a backend and what did not; it injects deterministic faults
+//! on request (`x-sim-fault: reset` drops the connection unanswered); it names the replica in
+//! `x-sim-replica` and `served_by` whatever the deployment; it runs many replicas in one
+//! process, cheap enough for the benchmark's zero-latency backend. Each replica answers
+//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`, `/health` and
+//! `/metrics` (vLLM's load gauges), streams with SSE when asked, and echoes the model it
+//! received. [`picker`] is a stand-in endpoint picker for the Envoy Gateway-shaped data plane
+//! (the real one needs a Kubernetes API server).
 
 mod api;
 pub mod body_router;

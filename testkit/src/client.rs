@@ -76,13 +76,11 @@ pub enum Protocol {
     H2c,
 }
 
+/// A request whose body is sent as the given frames.
+pub type Request = hyper::Request<Frames>;
+
 /// Builds a request for either protocol; the body's frames are sent as they are.
-pub fn request(
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Frames,
-) -> hyper::Request<Frames> {
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Frames) -> Request {
     // HTTP/2 takes the authority from the URI, HTTP/1.1 from the host header.
     let mut builder = hyper::Request::builder()
         .method(method)

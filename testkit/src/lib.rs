@@ -14,6 +14,12 @@ pub mod client;
 #[cfg(feature = "gateway")]
 pub mod envoy;
 #[cfg(feature = "gateway")]
+pub mod envoy_gateway;
+#[cfg(feature = "gateway")]
+pub mod k8s;
+#[cfg(feature = "gateway")]
+pub mod llm_d;
+#[cfg(feature = "gateway")]
 pub mod openai;
 #[cfg(feature = "gateway")]
 pub mod process;

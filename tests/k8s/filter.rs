@@ -1,6 +1,6 @@
 //! The filter's policy loads (its configuration parsed by the filter's own parser, Envoy's
-//! buffer large enough for it), the patch selects its filter by name, and the Envoy
-//! Gateway-shaped configuration the gateway tests run agrees with both.
+//! buffer large enough for it), the patch selects its filter by the policy's wasm name, and
+//! the Envoy Gateway-shaped configuration the gateway tests run agrees with both.
 
 use crate::{documents, manifests, root, Cluster, NAMESPACE};
 use model_router::config::Settings;
@@ -17,7 +17,7 @@ fn wasm_filter_name(policy: &Value, index: usize) -> String {
 }
 
 #[test]
-fn the_filter_policy_loads_and_the_patch_selects_its_filter_by_name() {
+fn the_filter_policy_loads_and_the_patch_selects_its_filter() {
     let cluster = Cluster(manifests());
     let policy = cluster.get("EnvoyExtensionPolicy", "model-router");
     let wasm = &policy["spec"]["wasm"][0];
@@ -68,8 +68,11 @@ fn the_filter_policy_loads_and_the_patch_selects_its_filter_by_name() {
         "selected by index: {json_path}"
     );
     assert!(
-        json_path.contains(&format!("[?(@.name=='{}')]", wasm_filter_name(policy, 0))),
-        "the patch does not select the policy's filter by name: {json_path}"
+        json_path.contains(&format!(
+            "[?(@.typed_config.config.name=='{}')]",
+            wasm["name"].as_str().unwrap()
+        )),
+        "the patch does not select the policy's filter by its wasm name: {json_path}"
     );
 }
 

@@ -6,70 +6,14 @@ mod filter;
 mod references;
 mod schemas;
 
-use serde::Deserialize;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use testkit::k8s::{documents, manifest_files, manifests};
 
 const NAMESPACE: &str = "llm-gateway";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Every document of a multi-document YAML file, as JSON values.
-fn documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-/// The files `kubectl apply -k k8s/` applies, in kustomization order.
-fn manifest_files() -> Vec<PathBuf> {
-    let kustomization = &documents(&root().join("k8s/kustomization.yaml"))[0];
-    let listed: Vec<&str> = kustomization["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| r.as_str().expect("resource path"))
-        .collect();
-    let mut on_disk = Vec::new();
-    let mut pending = vec![root().join("k8s")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.file_name().unwrap() != "kustomization.yaml" {
-                on_disk.push(
-                    path.strip_prefix(root().join("k8s"))
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    on_disk.sort();
-    let mut sorted = listed.clone();
-    sorted.sort();
-    assert_eq!(
-        sorted, on_disk,
-        "kustomization.yaml must list every file in k8s/"
-    );
-    listed
-        .iter()
-        .map(|file| root().join("k8s").join(file))
-        .collect()
-}
-
-/// The manifests `kubectl apply -k k8s/` applies, in kustomization order.
-fn manifests() -> Vec<Value> {
-    manifest_files()
-        .iter()
-        .flat_map(|file| documents(file))
-        .collect()
 }
 
 /// The manifests indexed by kind and name, all in one namespace.

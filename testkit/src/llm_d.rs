@@ -1,0 +1,88 @@
+//! llm-d-inference-sim, the simulator the seed's InferencePools run: one process per replica,
+//! started on a given port with the dummy tokenizer (it would otherwise reach for a model hub),
+//! and named so that its answers say which replica served them.
+
+use crate::process::{wait_http_ok, Process};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Response header llm-d-inference-sim adds with the replica's POD_NAME.
+pub const POD_HEADER: &str = "x-inference-pod";
+
+/// Longest prompt (in dummy-tokenizer tokens) a replica accepts: room for the tests' large
+/// bodies, which the default 1,024 would refuse.
+const MAX_MODEL_LEN: &str = "1000000";
+
+/// A running llm-d-inference-sim replica, stopped on drop.
+pub struct LlmdReplica {
+    _process: Process,
+    /// Its name, `<pool>-<index>`: the value of its [`POD_HEADER`].
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl LlmdReplica {
+    /// Starts `binary` as a replica serving `model` on `port` (127.0.0.1) and waits until
+    /// it answers /health.
+    pub fn start(
+        binary: &Path,
+        name: &str,
+        model: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self, String> {
+        let process = Process::spawn(
+            Command::new(binary)
+                .args(["--model", model, "--port", &port.to_string()])
+                .args(["--force-dummy-tokenizer", "--mode", "echo"])
+                .args(["--max-model-len", MAX_MODEL_LEN])
+                .args(extra)
+                .env("POD_NAME", name)
+                .env("POD_IP", "127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let replica = Self {
+            _process: process,
+            name: name.to_owned(),
+            addr,
+        };
+        wait_http_ok(addr, "/health", Duration::from_secs(30))
+            .map_err(|e| format!("llm-d-inference-sim {name}: {e}"))?;
+        Ok(replica)
+    }
+}
+
+/// The replicas of one backend of the scenario.
+pub struct LlmdPool {
+    pub backend: &'static crate::scenario::Backend,
+    pub replicas: Vec<LlmdReplica>,
+}
+
+impl LlmdPool {
+    /// Starts the backend's replicas (`binary`) on `ports`, named `<backend name>-<index>`.
+    pub fn start(
+        binary: &Path,
+        backend: &'static crate::scenario::Backend,
+        ports: impl IntoIterator<Item = u16>,
+    ) -> Result<Self, String> {
+        let replicas = ports
+            .into_iter()
+            .enumerate()
+            .map(|(index, port)| {
+                let name = format!("{}-{index}", backend.name);
+                LlmdReplica::start(binary, &name, backend.model, port, &[])
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { backend, replicas })
+    }
+
+    /// Whether `pod` (a [`POD_HEADER`] value) names one of these replicas.
+    pub fn has(&self, pod: &str) -> bool {
+        self.replicas.iter().any(|r| r.name == pod)
+    }
+}
