@@ -85,7 +85,7 @@ go_tool() {
   (
     cd "$module"
     go mod init "tools.local/$name" >/dev/null 2>&1
-    go get "$package" >/dev/null
+    go get "$package" >get.log 2>&1 || { cat get.log; exit 1; }
     CGO_ENABLED=0 go build -trimpath -o "$OLDPWD/$TOOLS/bin/$name" "${package%@*}"
   )
   echo "$package" > "$stamp"
