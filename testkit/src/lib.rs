@@ -10,6 +10,8 @@
 pub mod oracle;
 
 #[cfg(feature = "gateway")]
+pub mod cases;
+#[cfg(feature = "gateway")]
 pub mod client;
 #[cfg(feature = "gateway")]
 pub mod envoy;

@@ -2,7 +2,7 @@
 //! (tests/gateway/envoy-gateway-shaped.yaml): the filter on the catch-all route, one endpoint
 //! picker per pool before the router, ORIGINAL_DST pool clusters.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use llm_sim::picker::Picker;
 use testkit::client::Protocol;
@@ -10,7 +10,8 @@ use testkit::envoy::Envoy;
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN};
 use testkit::{ensure, Outcome};
 
-cases!(envoy_gateway_shaped_data_plane_routes_through_the_right_picker,);
+testkit::cases!(World;
+envoy_gateway_shaped_data_plane_routes_through_the_right_picker,);
 
 fn envoy_gateway_shaped_data_plane_routes_through_the_right_picker(world: &World) -> Outcome {
     let backends = &world.backends;

@@ -1,14 +1,14 @@
 //! Hardening: hostile bodies, clients that stop or crawl, many streams on one connection,
 //! and backends that fail.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use testkit::client::{get, parse_response, request, Connection, Frames, Protocol, Reply};
 use testkit::envoy::LocalGateway;
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN, TAG_HEADER};
 use testkit::{ensure, Outcome};
 
-cases!(
+testkit::cases!(World;
     hostile_bodies_are_refused_or_routed_as_documented,
     half_a_body_then_disconnect_reaches_no_backend,
     slow_client_times_out_without_blocking_others,

@@ -2,7 +2,7 @@
 //! of simulated vLLM pools and a plain backend, driven with real HTTP/1.1 and h2c traffic.
 //!
 //! One file per behaviour; each case is a function named after what it proves, listed once
-//! in its file's `cases!`. Cases share one running gateway (started on first use) and never
+//! in its file's `cases!` (testkit::cases). Cases share one running gateway (started on first use) and never
 //! depend on one another; a case that changes the gateway starts its own Envoy. Run with
 //! `./build.sh test`; a substring selects cases: `cargo test --test gateway -- refus`.
 
@@ -14,28 +14,13 @@ mod routing;
 mod soak;
 
 use bytes::Bytes;
-use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use testkit::client::{request, send, Frames, Protocol, Reply};
 use testkit::envoy::{Envoy, LocalGateway};
 use testkit::scenario::{Backends, ROUTING_HEADER, TAG_HEADER};
 use testkit::{ensure, Outcome};
-
-/// A case: its name and the check it runs against the shared gateway.
-type Case = (&'static str, fn(&World) -> Outcome);
-
-/// Lists a file's cases, each named after its function.
-macro_rules! cases {
-    ($($case:ident),+ $(,)?) => {
-        pub fn cases() -> Vec<crate::Case> {
-            vec![$((stringify!($case), $case as fn(&crate::World) -> testkit::Outcome)),+]
-        }
-    };
-}
-pub(crate) use cases;
 
 /// The running gateway every case talks to: envoy.yaml in Envoy, with the scenario's backends.
 pub struct World {
@@ -45,7 +30,7 @@ pub struct World {
     next_tag: AtomicU64,
 }
 
-impl World {
+impl testkit::cases::World for World {
     fn start() -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -67,6 +52,12 @@ impl World {
         })
     }
 
+    fn context(&self) -> String {
+        format!("Envoy stderr (last lines):\n{}", self.envoy.stderr_tail())
+    }
+}
+
+impl World {
     /// A tag no other request carries.
     pub fn tag(&self) -> String {
         format!("t{}", self.next_tag.fetch_add(1, Ordering::SeqCst))
@@ -186,10 +177,6 @@ pub fn chat_body(model: &str) -> Value {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut arguments = Arguments::from_args();
-    // Cases count Envoy's stats before and after their requests: one at a time.
-    arguments.test_threads = Some(1);
-    let world: Arc<OnceLock<Result<World, String>>> = Arc::new(OnceLock::new());
     let cases = [
         routing::cases(),
         refusals::cases(),
@@ -198,27 +185,5 @@ fn main() -> std::process::ExitCode {
         envoy_gateway_shaped::cases(),
         soak::cases(),
     ];
-    let trials = cases
-        .into_iter()
-        .flatten()
-        .map(|(name, case)| {
-            let world = Arc::clone(&world);
-            Trial::test(name, move || {
-                let world = world
-                    .get_or_init(World::start)
-                    .as_ref()
-                    .map_err(|e| Failed::from(format!("the gateway did not start: {e}")))?;
-                case(world).map_err(|error| {
-                    Failed::from(format!(
-                        "{error}\nEnvoy stderr (last lines):\n{}",
-                        world.envoy.stderr_tail()
-                    ))
-                })
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&arguments, trials);
-    // The trials are gone: the last handle stops Envoy and the backends.
-    drop(world);
-    conclusion.exit_code()
+    testkit::cases::run(cases.into_iter().flatten().collect(), vec![])
 }

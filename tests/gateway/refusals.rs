@@ -2,14 +2,14 @@
 //! counter and response-code detail, and reaches no backend; a bad plugin configuration
 //! never loads.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use testkit::client::{request, Connection, Frames, Protocol, Reply};
 use testkit::envoy::LocalGateway;
 use testkit::scenario::{MISTRAL, TAG_HEADER};
 use testkit::{ensure, Outcome};
 
-cases!(
+testkit::cases!(World;
     each_refusal_has_its_status_and_code_and_reaches_no_backend,
     refusals_carry_a_response_code_detail,
     refusals_keep_the_connection_once_the_body_is_read,

@@ -1,7 +1,7 @@
 //! Replacing the filter without a restart: a new module and configuration moved into the
 //! directory Envoy watches take over while traffic flows; a bad one is refused.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use testkit::envoy::LocalGateway;
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN};
 use testkit::{ensure, Outcome};
 
-cases!(filter_is_replaced_while_traffic_flows,);
+testkit::cases!(World;
+filter_is_replaced_while_traffic_flows,);
 
 /// The wasm module with a custom section appended: the same filter, different bytes.
 fn rebuilt_wasm() -> Result<Vec<u8>, String> {

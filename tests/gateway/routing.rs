@@ -1,7 +1,7 @@
 //! Routing: every scenario request reaches its model's backend, whatever the body's shape,
 //! size, framing or protocol, and only the body decides the routing header.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -10,7 +10,7 @@ use testkit::envoy::LocalGateway;
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN, TAG_HEADER};
 use testkit::{ensure, Outcome};
 
-cases!(
+testkit::cases!(World;
     scenario_routes_each_model_to_its_pool_or_backend,
     pool_requests_are_spread_over_replicas,
     model_key_after_messages_routes,

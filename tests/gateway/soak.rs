@@ -1,6 +1,6 @@
 //! Soak: mixed models, body sizes and HTTP versions at saturation while a replica restarts.
 
-use crate::{cases, chat_body, World};
+use crate::{chat_body, World};
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,8 @@ use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN};
 use testkit::{ensure, Outcome};
 
-cases!(soak_mixed_traffic_while_a_replica_restarts,);
+testkit::cases!(World;
+soak_mixed_traffic_while_a_replica_restarts,);
 
 /// Mixed models, body sizes and HTTP versions at saturation for SOAK_SECONDS (default 20;
 /// `./build.sh soak` runs 600) while one llama replica is stopped and restarted every few

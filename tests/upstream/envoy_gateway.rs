@@ -3,7 +3,7 @@
 //! buffer, the body-access patch in Envoy's configuration, and a configuration change under
 //! traffic.
 
-use crate::{cases, chat_body, Deployment};
+use crate::{chat_body, Deployment};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use testkit::scenario::{LLAMA, MISTRAL, MODELS};
 use testkit::{ensure, Outcome};
 
-cases!(
+testkit::cases!(Deployment;
     scenario_requests_reach_their_backends,
     unknown_model_gets_the_catch_all_404,
     duplicate_model_is_refused_and_reaches_no_backend,

@@ -1,7 +1,7 @@
 //! The local gateway (envoy.yaml) in front of llm-d-inference-sim, the simulator the seed's
 //! pools run, as `./build.sh run --backend llm-d` starts it.
 
-use crate::{chat_body, standalone_cases};
+use crate::chat_body;
 use testkit::client::{request, send, Frames, Protocol};
 use testkit::envoy::LocalGateway;
 use testkit::llm_d::{LlmdPool, POD_HEADER};
@@ -9,7 +9,7 @@ use testkit::process::free_port;
 use testkit::scenario::BACKENDS;
 use testkit::{ensure, Outcome};
 
-standalone_cases!(local_gateway_routes_the_scenario_to_llm_d_replicas);
+testkit::standalone_cases!(local_gateway_routes_the_scenario_to_llm_d_replicas);
 
 fn local_gateway_routes_the_scenario_to_llm_d_replicas() -> Outcome {
     let mut pools = Vec::new();

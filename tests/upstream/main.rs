@@ -10,12 +10,10 @@ mod envoy_gateway;
 mod llm_d;
 mod translate;
 
-use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use testkit::client::{request, send, Frames, Protocol, Reply, Request};
 use testkit::envoy_gateway::{standalone_resources, EnvoyGateway, Inputs};
@@ -24,31 +22,6 @@ use testkit::process::free_port;
 use testkit::registry::Registry;
 use testkit::scenario::{backend_of, Backends, BACKENDS, PLAIN, TAG_HEADER};
 use testkit::{ensure, Outcome};
-
-type Case = (&'static str, fn(&Deployment) -> Outcome);
-
-/// Lists a file's cases on the shared deployment, each named after its function.
-macro_rules! cases {
-    ($($case:ident),+ $(,)?) => {
-        pub fn cases() -> Vec<crate::Case> {
-            vec![$((stringify!($case), $case as fn(&crate::Deployment) -> testkit::Outcome)),+]
-        }
-    };
-}
-pub(crate) use cases;
-
-/// A case that starts what it needs itself.
-type StandaloneCase = (&'static str, fn() -> Outcome);
-
-/// Lists a file's standalone cases, each named after its function.
-macro_rules! standalone_cases {
-    ($($case:ident),+ $(,)?) => {
-        pub fn cases() -> Vec<crate::StandaloneCase> {
-            vec![$((stringify!($case), $case as fn() -> testkit::Outcome)),+]
-        }
-    };
-}
-pub(crate) use standalone_cases;
 
 /// k8s/ deployed on Envoy Gateway standalone: the pools on llm-d-inference-sim, the plain
 /// backend on llm-sim (which records what reached it), the filter from the registry.
@@ -70,7 +43,7 @@ pub fn chat_body(model: &str) -> String {
         .to_string()
 }
 
-impl Deployment {
+impl testkit::cases::World for Deployment {
     fn start() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("model-router-eg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -137,6 +110,15 @@ impl Deployment {
         })
     }
 
+    fn context(&self) -> String {
+        format!(
+            "Envoy Gateway log (last lines):\n{}",
+            self.gateway.log_tail()
+        )
+    }
+}
+
+impl Deployment {
     /// POSTs `body` to /v1/chat/completions with a fresh tag; the reply and the tag.
     pub fn post(&self, body: &str) -> Result<(Reply, String), String> {
         let tag = format!("eg{}", self.next_tag.fetch_add(1, Ordering::SeqCst));
@@ -248,33 +230,6 @@ fn push(reference: &str) -> Result<String, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut arguments = Arguments::from_args();
-    // Envoy Gateway's ports are fixed: one deployment, one case at a time.
-    arguments.test_threads = Some(1);
-    let deployment: Arc<OnceLock<Result<Deployment, String>>> = Arc::new(OnceLock::new());
-    let mut trials: Vec<Trial> = envoy_gateway::cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let deployment = Arc::clone(&deployment);
-            Trial::test(name, move || {
-                let deployment = deployment
-                    .get_or_init(Deployment::start)
-                    .as_ref()
-                    .map_err(|e| Failed::from(format!("Envoy Gateway did not start: {e}")))?;
-                case(deployment).map_err(|error| {
-                    Failed::from(format!(
-                        "{error}\nEnvoy Gateway log (last lines):\n{}",
-                        deployment.gateway.log_tail()
-                    ))
-                })
-            })
-        })
-        .collect();
-    for (name, case) in translate::cases().into_iter().chain(llm_d::cases()) {
-        trials.push(Trial::test(name, move || case().map_err(Failed::from)));
-    }
-    let conclusion = libtest_mimic::run(&arguments, trials);
-    // The trials are gone: the last handle stops Envoy Gateway and the servers.
-    drop(deployment);
-    conclusion.exit_code()
+    let standalone = translate::cases().into_iter().chain(llm_d::cases());
+    testkit::cases::run(envoy_gateway::cases(), standalone.collect())
 }

@@ -2,14 +2,13 @@
 //! check that it accepts every resource it can read. What it cannot take is named here, each
 //! with its reason, and a new refusal fails the case.
 
-use crate::standalone_cases;
 use serde_json::Value;
 use std::process::Command;
 use testkit::k8s::manifests;
 use testkit::process::required_file;
 use testkit::{ensure, Outcome};
 
-standalone_cases!(egctl_accepts_every_resource_of_k8s_it_can_read);
+testkit::standalone_cases!(egctl_accepts_every_resource_of_k8s_it_can_read);
 
 /// Kinds egctl cannot parse at all ("no kind is registered"): the Inference Extension's.
 const UNREADABLE: [&str; 2] = ["InferencePool", "InferenceObjective"];
