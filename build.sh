@@ -19,7 +19,6 @@ cd "$(dirname "$0")"
 
 ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
-OHA_VERSION=1.16.0
 CARGO_FUZZ_VERSION=0.13.2
 # Go programs, built from their own modules at these versions into target/tools/bin.
 YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
@@ -179,12 +178,6 @@ run_gateway() {
 # What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
 ensure_test_tools() {
   apt_install wrk skopeo docker-registry
-  if ! "$TOOLS/bin/oha" --version 2>/dev/null | grep -q " $OHA_VERSION"; then
-    log "building oha $OHA_VERSION (load generator)"
-    local started=$SECONDS
-    cargo install --locked --quiet oha --version "$OHA_VERSION" --root "$TOOLS"
-    log "built oha in $((SECONDS - started)) s"
-  fi
   if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
     log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
     python3 -m venv .venv-litellm
@@ -201,8 +194,7 @@ ensure_test_tools() {
     ENVOY_GATEWAY_BIN="$PWD/$TOOLS/bin/envoy-gateway" EGCTL_BIN="$PWD/$TOOLS/bin/egctl" \
     LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim" LLM_SIM_BIN="$PWD/target/release/llm-sim" \
     BODY_ROUTER_BIN="$PWD/target/release/ext-proc-body-router" \
-    LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)" \
-    OHA_BIN="$PWD/$TOOLS/bin/oha"
+    LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)"
 }
 
 # The gateway suites need the filter, Envoy and yq only.

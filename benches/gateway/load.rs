@@ -1,10 +1,13 @@
 //! The load: request bodies of a given size with the model first or last, wrk at saturation
-//! (throughput, latency, the proxy's CPU per request) and oha at a fixed low rate (latency
-//! without queueing).
+//! (throughput, latency, the proxy's CPU per request) and a fixed low rate (latency without
+//! queueing) from this process.
 
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::process::cpu_seconds;
 use testkit::scenario::LLAMA as MODEL;
 
@@ -128,6 +131,9 @@ pub fn run_wrk(
             "-t1",
             &format!("-c{CONCURRENCY}"),
             &format!("-d{seconds}s"),
+            // A slow answer is a measurement, not an error (wrk's default gives up at 2 s).
+            "--timeout",
+            "60s",
             "--latency",
             "-s",
         ])
@@ -171,59 +177,76 @@ pub fn run_wrk(
     result
 }
 
-/// oha at a fixed low rate: latency percentiles without queueing.
-pub fn run_oha(
-    oha: &Path,
-    url: &str,
+/// Connections the fixed-rate latency run spreads its requests over.
+const LATENCY_CONNECTIONS: usize = 4;
+
+/// Requests at a fixed low rate (open loop: each is due at its own time, whatever the others
+/// do) over a few keep-alive connections; latency percentiles without queueing. Latency counts
+/// from when a request was due, so a stall is not hidden by the requests it delayed.
+pub fn fixed_rate(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
     workload: &Workload,
     header: Option<&str>,
     seconds: u64,
 ) -> Latency {
-    let mut command = Command::new(oha);
-    command
-        .args([
-            "--no-tui",
-            "--output-format",
-            "json",
-            "-z",
-            &format!("{seconds}s"),
-        ])
-        .args(["-q", &LATENCY_RATE.to_string(), "-c", "4", "-m", "POST"])
-        .args(["-H", "content-type: application/json", "-D"])
-        .arg(&workload.file);
-    if let Some(model) = header {
-        command.args(["-H", &format!("x-ai-eg-model: {model}")]);
-    }
-    let output = command.arg(url).output().expect("run oha");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "oha output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
+    let body = bytes::Bytes::from(std::fs::read(&workload.file).expect("workload body"));
+    let total = LATENCY_RATE as usize * seconds as usize;
+    let interval = Duration::from_secs(1) / LATENCY_RATE;
+    let header = header.map(str::to_owned);
+    let (mut latencies, errors) = runtime.block_on(async move {
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..LATENCY_CONNECTIONS)
+            .map(|connection| {
+                let (body, header) = (body.clone(), header.clone());
+                tokio::spawn(async move {
+                    let mut client = Connection::open(addr, Protocol::Http1).await.ok();
+                    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    for index in (connection..total).step_by(LATENCY_CONNECTIONS) {
+                        let due = start + interval * index as u32;
+                        tokio::time::sleep_until(due).await;
+                        let mut headers = vec![("content-type", "application/json")];
+                        if let Some(model) = &header {
+                            headers.push(("x-ai-eg-model", model));
+                        }
+                        let frames = Frames::new([body.clone()]);
+                        let request = request("POST", "/v1/chat/completions", &headers, frames);
+                        let reply = match client.as_mut() {
+                            Some(connection) => connection.send(request).await,
+                            None => Err("not connected".to_owned()),
+                        };
+                        match reply {
+                            Ok(reply) if reply.status == 200 => {
+                                latencies.push(due.elapsed().as_secs_f64() * 1e6)
+                            }
+                            _ => {
+                                errors += 1;
+                                client = Connection::open(addr, Protocol::Http1).await.ok();
+                            }
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        for task in tasks {
+            let (l, e) = task.await.expect("latency task");
+            latencies.extend(l);
+            errors += e;
+        }
+        (latencies, errors)
     });
-    let percentile = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1e6;
-    let statuses = report["statusCodeDistribution"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let errors = statuses
-        .iter()
-        .filter(|(code, _)| code.as_str() != "200")
-        .map(|(_, n)| n.as_u64().unwrap_or(0))
-        .sum::<u64>()
-        + report["errorDistribution"].as_object().map_or(0, |errors| {
-            errors
-                .iter()
-                // oha cuts the requests still in flight when the duration ends.
-                .filter(|(kind, _)| kind.as_str() != "aborted due to deadline")
-                .filter_map(|(_, n)| n.as_u64())
-                .sum()
-        });
-    let ok = statuses.get("200").and_then(Value::as_u64).unwrap_or(0);
-    assert!(ok > 0, "oha got no 200: {}", report);
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     Latency {
-        p50_us: percentile("p50"),
-        p99_us: percentile("p99"),
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
         errors,
     }
 }

@@ -9,7 +9,8 @@
 //! 5. Envoy AI Gateway (`aigw run`): the incumbent, its external processor and Envoy;
 //! 6. litellm: LiteLLM proxy routing the same model names.
 //!
-//! Throughput: wrk, HTTP/1.1 keep-alive at fixed concurrency. Latency: oha at a low fixed rate.
+//! Throughput: wrk, HTTP/1.1 keep-alive at fixed concurrency. Latency: requests at a low fixed
+//! rate from this process (load::fixed_rate).
 //! Every variant runs every workload once per round, in rounds interleaved so that a slow
 //! minute of this shared machine does not land on one variant only.
 //!
@@ -20,10 +21,12 @@ mod load;
 mod report;
 mod variants;
 
-use load::{run_oha, run_wrk, Workload};
+use load::{fixed_rate, run_wrk, Workload};
 use report::{Run, Summary};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::envoy::Envoy;
 use testkit::process::{required_file, spawn_listening};
 use testkit::scenario::MODELS;
@@ -42,10 +45,9 @@ pub struct Tools {
     pub aigw: PathBuf,
     pub litellm: PathBuf,
     pub wrk: PathBuf,
-    pub oha: PathBuf,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (rounds, seconds) = if smoke { (1, 1) } else { (ROUNDS, 10) };
     let tools = Tools {
@@ -56,8 +58,12 @@ fn main() {
         aigw: required_file("AIGW_BIN"),
         litellm: required_file("LITELLM_BIN"),
         wrk: required_file("WRK_BIN"),
-        oha: required_file("OHA_BIN"),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -98,7 +104,7 @@ fn main() {
                     seconds,
                     &proxy.pids,
                 );
-                let latency = run_oha(&tools.oha, &proxy.url, workload, header, seconds);
+                let latency = fixed_rate(&runtime, proxy.addr, workload, header, seconds);
                 eprintln!(
                     "   {:<22} {:>9.0} req/s  p99 {:>8.0} us  {:>7.1} CPU us/req  | fixed rate: p50 {:>7.0} us  p99 {:>7.0} us",
                     workload.label, throughput.rps, throughput.p99_us, throughput.cpu_ms_per_1k, latency.p50_us, latency.p99_us
@@ -122,7 +128,7 @@ fn main() {
                     .envoy
                     .as_ref()
                     .expect("the wasm variant runs in Envoy");
-                memory = filter_memory(envoy, &proxy.url, &tools, &dir);
+                memory = filter_memory(&runtime, envoy, proxy.addr);
             }
         }
         runs.push(results);
@@ -151,10 +157,12 @@ fn main() {
         total - failures.len(),
         failures.len()
     );
-    if !failures.is_empty() {
-        eprintln!("{}", failures.join("\n"));
-        std::process::exit(1);
+    if failures.is_empty() {
+        return std::process::ExitCode::SUCCESS;
     }
+    eprintln!("{}", failures.join("\n"));
+    // Returning, not exiting, so that every process this benchmark started is stopped.
+    std::process::ExitCode::FAILURE
 }
 
 /// The versions of what was measured, for the report.
@@ -185,7 +193,11 @@ fn versions(tools: &Tools) -> Vec<(&'static str, String)> {
 
 /// The filter's linear memory after bodies of growing size (model last, so each is scanned
 /// to its end): it must not follow the body size.
-fn filter_memory(envoy: &Envoy, url: &str, tools: &Tools, dir: &Path) -> Vec<(String, u64)> {
+fn filter_memory(
+    runtime: &tokio::runtime::Runtime,
+    envoy: &Envoy,
+    addr: SocketAddr,
+) -> Vec<(String, u64)> {
     let mut rows = Vec::new();
     for (size, label) in [
         (1 << 10, "1 KiB"),
@@ -193,17 +205,21 @@ fn filter_memory(envoy: &Envoy, url: &str, tools: &Tools, dir: &Path) -> Vec<(St
         (4 << 20, "4 MiB"),
         ((8 << 20) - 1024, "8 MiB - 1 KiB"),
     ] {
-        let file = dir.join(format!("memory-{size}.json"));
-        std::fs::write(&file, load::body(size, true)).unwrap();
-        let status = Command::new(&tools.oha)
-            .args(["--no-tui", "-n", "20", "-c", "2", "-m", "POST"])
-            .args(["-H", "content-type: application/json", "-D"])
-            .arg(&file)
-            .arg(url)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run oha");
-        assert!(status.success());
+        let body = bytes::Bytes::from(load::body(size, true));
+        runtime.block_on(async {
+            let mut connection = Connection::open(addr, Protocol::Http1).await.unwrap();
+            for _ in 0..20 {
+                let headers = [("content-type", "application/json")];
+                let request = request(
+                    "POST",
+                    "/v1/chat/completions",
+                    &headers,
+                    Frames::new([body.clone()]),
+                );
+                let reply = connection.send(request).await.unwrap();
+                assert_eq!(reply.status, 200, "{label}: {}", reply.text());
+            }
+        });
         rows.push((
             label.to_owned(),
             envoy.stat("wasmcustom.model_router.wasm_memory_bytes"),

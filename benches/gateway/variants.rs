@@ -213,6 +213,8 @@ static_resources:
 /// A running proxy of one variant, and the processes whose CPU it costs.
 pub struct Proxy {
     pub url: String,
+    /// Where its listener is; the path is always /v1/chat/completions.
+    pub addr: SocketAddr,
     pub pids: Vec<u32>,
     /// The Envoy we configured, for the filter's stats.
     pub envoy: Option<Envoy>,
@@ -321,6 +323,7 @@ fn start_ai_gateway(backend: SocketAddr, tools: &Tools, dir: &Path) -> Proxy {
         .unwrap_or_else(|| panic!("no admin port in {line:?}"));
     Proxy {
         url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
         // The external processor runs inside aigw; Envoy is its child, counted with it.
         pids: vec![process.id()],
         envoy: None,
@@ -367,6 +370,7 @@ pub fn start_proxy(variant: Variant, backend: SocketAddr, tools: &Tools, dir: &P
         wait_http_ok(addr, "/health/liveliness", Duration::from_secs(90)).unwrap();
         return Proxy {
             url: format!("http://{addr}/v1/chat/completions"),
+            addr,
             pids: vec![child.id()],
             envoy: None,
             admin: None,
@@ -390,6 +394,7 @@ pub fn start_proxy(variant: Variant, backend: SocketAddr, tools: &Tools, dir: &P
     pids.push(envoy.pid());
     Proxy {
         url: format!("http://{}/v1/chat/completions", envoy.listener),
+        addr: envoy.listener,
         pids,
         admin: Some(envoy.admin),
         envoy: Some(envoy),
