@@ -2,15 +2,22 @@
 //! model backends in the gateway's tests and local runs.
 //!
 //! Each replica answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/models`, `/health` and `/metrics` (with vLLM's load gauges), streams with SSE when
-//! asked, echoes the model it received, names itself in the `x-sim-replica` header and the
-//! `served_by` field, and records every request it sees so tests can prove what reached it.
+//! `/v1/responses` (OpenAI's Responses API), `/v1/messages` (Anthropic's), `/v1/models`,
+//! `/health` and `/metrics` (with vLLM's load gauges), streams with SSE when asked (each API's
+//! own events, with usage), echoes the model it received, names itself in the
+//! `x-sim-replica` header and the `served_by` field, answers badly on request
+//! ([`faults`]), and records every request it sees so tests can prove what reached it.
 //! [`picker`] is the endpoint picker that InferencePools put in front of such replicas.
 
 mod api;
 pub mod body_router;
 mod completion;
+pub mod faults;
+mod generate;
+mod messages;
 pub mod picker;
+mod responses;
+mod stream;
 
 use api::handle;
 use bytes::Bytes;
@@ -27,9 +34,11 @@ use tokio::task::JoinHandle;
 
 /// Response header naming the replica that served a request.
 pub const REPLICA_HEADER: &str = "x-sim-replica";
-/// Request header a test sends to inject a fault: `reset` closes the connection without an
-/// answer once the request is in, as a crashing server would.
+/// Request header a test sends to inject a fault ([`faults::Fault`]): e.g. `reset` closes
+/// the connection without an answer once the request is in, as a crashing server would.
 pub const FAULT_HEADER: &str = "x-sim-fault";
+/// Request header asking the answer to report this many prompt tokens as cached.
+pub const CACHED_TOKENS_HEADER: &str = "x-sim-cached-tokens";
 
 /// How one pool of replicas behaves.
 #[derive(Debug, Clone)]
@@ -69,9 +78,16 @@ pub struct SeenRequest {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The bytes of the answer, as sent so far.
+    sent: Arc<Mutex<Vec<u8>>>,
 }
 
 impl SeenRequest {
+    /// Every byte of the answer sent so far (all of it once the client has it).
+    pub fn sent(&self) -> Vec<u8> {
+        self.sent.lock().expect("sent bytes").clone()
+    }
+
     /// Every value of a header, in order.
     pub fn header_values(&self, name: &str) -> Vec<&str> {
         self.headers

@@ -5,7 +5,8 @@
 //! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
 //! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
 //! [`wasm_filter`] (the filter's Envoy
-//! configuration) and [`openai`] (the OpenAI error shape).
+//! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
+//! output, parsed).
 
 pub mod oracle;
 
@@ -17,6 +18,7 @@ pub mod envoy;
 pub mod openai;
 #[cfg(feature = "gateway")]
 pub mod process;
+pub mod prometheus;
 #[cfg(feature = "gateway")]
 pub mod registry;
 #[cfg(feature = "gateway")]

@@ -6,12 +6,16 @@
 //! depend on one another; a case that changes the gateway starts its own Envoy. Run with
 //! `./build.sh test`; a substring selects cases: `cargo test --test gateway -- refus`.
 
+mod bad_responses;
 mod envoy_gateway_shaped;
+mod gen_ai;
 mod hardening;
+mod include_usage;
 mod refusals;
 mod reload;
 mod routing;
 mod soak;
+mod usage;
 
 use bytes::Bytes;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -197,6 +201,9 @@ fn main() -> std::process::ExitCode {
         reload::cases(),
         envoy_gateway_shaped::cases(),
         soak::cases(),
+        usage::cases(),
+        include_usage::cases(),
+        bad_responses::cases(),
     ];
     let trials = cases
         .into_iter()
