@@ -299,7 +299,7 @@ run_tests() {
   suite fmt cargo fmt --all -- --check
   suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
   suite unit cargo test --locked --workspace --lib --bins
-  suite property cargo test --locked --workspace --test scanner
+  suite property cargo test --locked --workspace --test scanner --test response_readers
   suite gateway cargo test --locked --workspace --test gateway
   if [ "$tier" = full ]; then
     suite k8s cargo test --locked --workspace --test k8s

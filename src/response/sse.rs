@@ -169,7 +169,9 @@ impl EventStream {
 
     /// Ends the stream: false if it was cut inside an event or a line (that event is lost).
     pub fn finish(&mut self) -> bool {
-        let complete = self.line == Line::Start && !self.event_open;
+        // A stream that ended inside a byte order mark ended inside its first line.
+        let inside_bom = (1..BOM.len()).contains(&usize::from(self.bom));
+        let complete = self.line == Line::Start && !self.event_open && !inside_bom;
         self.reset_event();
         self.line = Line::Start;
         complete
