@@ -25,6 +25,12 @@ KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
 # Envoy AI Gateway: v1.0.0, as the module proxy refuses v1.1.0 and later (403, "This module
 # version is not available"); the same embedded Envoy Gateway (1.8.1) as v1.1.0.
 export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
+# llm-d's vLLM simulator, the backend the Kubernetes pools run; always run with
+# --force-dummy-tokenizer (else it tries to reach a model hub).
+LLM_D_SIM_MODULE=github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@v0.10.2
+# The Python SDKs the client tests drive the gateway with.
+OPENAI_SDK_VERSION=3.57.0
+ANTHROPIC_SDK_VERSION=2.14.0
 
 TOOLS=target/tools
 export PATH="$PWD/$TOOLS/bin:$PATH"
@@ -182,11 +188,24 @@ ensure_test_tools() {
     OHA_BIN="$PWD/$TOOLS/bin/oha"
 }
 
-# The gateway suites need the filter, Envoy and yq only.
+# The OpenAI and Anthropic Python SDKs at pinned versions, in their own venv.
+ensure_sdk_clients() {
+  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$" &&
+    .venv-clients/bin/pip show anthropic 2>/dev/null | grep -q "^Version: $ANTHROPIC_SDK_VERSION$"; }; then
+    log "installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv-clients"
+    python3 -m venv .venv-clients
+    .venv-clients/bin/pip install --quiet "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION"
+  fi
+}
+
+# The gateway suites need the filter, Envoy, yq, the SDK clients and llm-d's simulator.
 ensure_gateway_tools() {
   build_wasm
   ensure_envoy
-  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq"
+  ensure_sdk_clients
+  go_tool "$LLM_D_SIM_MODULE"
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
+    SDK_PYTHON="$PWD/.venv-clients/bin/python" LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim"
 }
 
 run_bench() {

@@ -36,8 +36,13 @@ pub struct LocalGateway {
 
 impl LocalGateway {
     pub fn new(backends: &Backends) -> Result<Self, String> {
+        Self::with_ports(&backends.port_map())
+    }
+
+    /// envoy.yaml with each `(written, bound)` backend port swapped.
+    pub fn with_ports(ports: &[(u16, u16)]) -> Result<Self, String> {
         Ok(Self {
-            config: render("envoy.yaml", &backends.port_map())?,
+            config: render("envoy.yaml", ports)?,
         })
     }
 

@@ -11,9 +11,11 @@ mod envoy_gateway_shaped;
 mod gen_ai;
 mod hardening;
 mod include_usage;
+mod llm_d;
 mod refusals;
 mod reload;
 mod routing;
+mod sdk;
 mod soak;
 mod usage;
 
@@ -204,6 +206,8 @@ fn main() -> std::process::ExitCode {
         usage::cases(),
         include_usage::cases(),
         bad_responses::cases(),
+        sdk::cases(),
+        llm_d::cases(),
     ];
     let trials = cases
         .into_iter()
