@@ -28,6 +28,10 @@ export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
 # llm-d's vLLM simulator, the backend the Kubernetes pools run; always run with
 # --force-dummy-tokenizer (else it tries to reach a model hub).
 LLM_D_SIM_MODULE=github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@v0.10.2
+# envoyproxy/ratelimit, the rate limit service of the token budget test. It has no tagged
+# release on the module proxy: pinned to a commit (January 2026) that has per-descriptor
+# hits_addend (a check that adds nothing).
+RATELIMIT_MODULE=github.com/envoyproxy/ratelimit/src/service_cmd@v1.4.1-0.20260122083618-3fb702589d36
 # The Python SDKs the client tests drive the gateway with.
 OPENAI_SDK_VERSION=3.57.0
 ANTHROPIC_SDK_VERSION=2.14.0
@@ -63,15 +67,17 @@ ensure_cargo() {
   fi
 }
 
-# Builds a Go program from its module at a pinned version (PACKAGE@VERSION), once, and prints
-# how long the build took. Built in a throwaway module that requires it rather than with
+# Builds a Go program from its module at a pinned version (PACKAGE@VERSION), once, as NAME
+# (default: the package's last element), and prints how long the build took. Built in a throwaway module that requires it rather than with
 # `go install PACKAGE@VERSION`, which also asks the module proxy for the module's version list
 # and fails where the proxy refuses that list (it does for github.com/envoyproxy/ai-gateway).
 go_tool() {
-  local package=$1 name stamp module
-  name=$(basename "${package%@*}")
-  # A module's major version suffix (.../yq/v4) is not the program's name.
-  [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${package%@*}")")
+  local package=$1 name=${2:-} stamp module
+  if [ -z "$name" ]; then
+    name=$(basename "${package%@*}")
+    # A module's major version suffix (.../yq/v4) is not the program's name.
+    [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${package%@*}")")
+  fi
   stamp="$TOOLS/versions/$name"
   if [ -x "$TOOLS/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$package" ]; then
     return 0
@@ -204,8 +210,11 @@ ensure_gateway_tools() {
   ensure_envoy
   ensure_sdk_clients
   go_tool "$LLM_D_SIM_MODULE"
+  go_tool "$RATELIMIT_MODULE" ratelimit
+  apt_install redis-server
   export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
-    SDK_PYTHON="$PWD/.venv-clients/bin/python" LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim"
+    SDK_PYTHON="$PWD/.venv-clients/bin/python" LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim" \
+    RATELIMIT_BIN="$PWD/$TOOLS/bin/ratelimit" REDIS_SERVER_BIN="$(command -v redis-server)"
 }
 
 run_bench() {

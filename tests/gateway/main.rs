@@ -17,6 +17,7 @@ mod reload;
 mod routing;
 mod sdk;
 mod soak;
+mod token_budget;
 mod usage;
 
 use bytes::Bytes;
@@ -208,6 +209,7 @@ fn main() -> std::process::ExitCode {
         bad_responses::cases(),
         sdk::cases(),
         llm_d::cases(),
+        token_budget::cases(),
     ];
     let trials = cases
         .into_iter()
