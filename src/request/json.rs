@@ -682,7 +682,7 @@ pub(crate) fn skip_string_content(bytes: &[u8]) -> usize {
 /// The length of the prefix of `bytes` free of `"`, `\\` and control bytes, and whether it
 /// may hold non-ASCII bytes. Eight bytes at a time: string content is most of a request.
 #[inline]
-fn string_content_run(bytes: &[u8]) -> (usize, bool) {
+pub(crate) fn string_content_run(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);

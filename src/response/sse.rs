@@ -150,10 +150,7 @@ impl EventStream {
                 }
                 Line::Data | Line::Skip => {
                     let rest = &chunk[i..];
-                    let end = rest
-                        .iter()
-                        .position(|&b| b == b'\n' || b == b'\r')
-                        .unwrap_or(rest.len());
+                    let end = line_end(rest);
                     if self.line == Line::Data {
                         self.data(&rest[..end]);
                     }
@@ -253,6 +250,30 @@ impl EventStream {
         self.failed = None;
         self.reader.reset();
     }
+}
+
+/// The index of the first CR or LF in `bytes` (its length if none), eight bytes at a time.
+#[inline]
+fn line_end(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    // The high bit of each zero byte; a false positive only ever follows a true one.
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let found = zero_bytes(word ^ LFS) | zero_bytes(word ^ CRS);
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .unwrap_or(bytes.len() - i)
 }
 
 #[cfg(test)]
@@ -357,6 +378,23 @@ id: 2\ndata:{\"usage\":\r\ndata: {\"total_tokens\":7}}\n\nretry: 10\n\ndata\n\nd
         assert!(events(&[b"event: x\n\n"]).1);
         assert!(events(&[b": keep-alive\n"]).1);
         assert!(events(&[b""]).1);
+    }
+
+    #[test]
+    fn line_ends_are_found_at_every_position() {
+        for eol in [b'\n', b'\r'] {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[at] = eol;
+                if at + 1 < 20 {
+                    bytes[at + 1] = b'\n';
+                }
+                assert_eq!(line_end(&bytes), at);
+            }
+        }
+        assert_eq!(line_end(&[b'x'; 19]), 19);
+        assert_eq!(line_end(&[0x8a; 9]), 9);
+        assert_eq!(line_end(b""), 0);
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //! `model` a string or null. Duplicated keys behave as in serde_json's `Value`: the last one
 //! wins, whatever the earlier ones said. Content is seen wherever it occurs.
 
-use crate::request::json::{is_whitespace, skip_string_content, SyntaxError, MAX_DEPTH};
+use crate::request::json::{
+    is_whitespace, skip_string_content, string_content_run, SyntaxError, MAX_DEPTH,
+};
 
 /// Largest token count accepted: a billion tokens is beyond any model's context, and is
 /// Envoy's own limit on a rate limit's `hits_addend`.
@@ -431,11 +433,25 @@ impl UsageReader {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
         let mut i = 0;
         while i < chunk.len() {
-            if self.state == State::String && self.role == StringRole::Other {
-                i += skip_string_content(&chunk[i..]);
-                if i == chunk.len() {
-                    break;
+            // Runs that need no state change are taken whole, not byte by byte.
+            match (self.state, self.role) {
+                (State::String, StringRole::Other) => {
+                    i += skip_string_content(&chunk[i..]);
                 }
+                (State::String, StringRole::Key | StringRole::Model(_)) => {
+                    let (run, non_ascii) = string_content_run(&chunk[i..]);
+                    if !non_ascii {
+                        self.push_run(&chunk[i..i + run]);
+                        i += run;
+                    }
+                }
+                (State::NumberInt, _) if self.counting.is_none() => {
+                    i += chunk[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+                }
+                _ => {}
+            }
+            if i == chunk.len() {
+                break;
             }
             match self.step(chunk[i]) {
                 Ok(Step::Next) => i += 1,
@@ -884,6 +900,33 @@ impl UsageReader {
                 _ => Next::Skip,
             },
             Node::Other | Node::Choices | Node::ToolCalls => Next::Skip,
+        }
+    }
+
+    /// Takes a run of plain ASCII bytes of a key or model name (no escapes, no quote).
+    fn push_run(&mut self, run: &[u8]) {
+        match self.role {
+            StringRole::Key => {
+                let end = self.key_len.saturating_add(run.len());
+                if end <= KEY_BYTES {
+                    self.key[self.key_len..end].copy_from_slice(run);
+                }
+                self.key_len = end;
+            }
+            StringRole::Model(scope) => {
+                let values = self.scope_mut(scope);
+                if values.model == ModelSlot::Name {
+                    let name = &mut values.model_name;
+                    let at = usize::from(name.len);
+                    if at + run.len() <= MAX_MODEL_BYTES {
+                        name.bytes[at..at + run.len()].copy_from_slice(run);
+                        name.len += run.len() as u16;
+                    } else {
+                        values.model = ModelSlot::TooLong;
+                    }
+                }
+            }
+            _ => run.iter().for_each(|&b| self.push(b)),
         }
     }
 
