@@ -162,11 +162,10 @@ impl ModelRouterStream {
     }
 
     /// Reads the response chunk Envoy holds (`size` bytes, the current chunk only, as the
-    /// filter never buffers the response) into the observer.
-    fn observe_chunk(&self, watch: &mut Watch, size: usize) {
-        let Some(observer) = watch.observer.as_mut().filter(|o| o.reads_body()) else {
-            return;
-        };
+    /// filter never buffers the response) into the observer; the clock, if it read it.
+    fn observe_chunk(&self, watch: &mut Watch, size: usize) -> Option<u64> {
+        let mut now = None;
+        let observer = watch.observer.as_mut().filter(|o| o.reads_body())?;
         let mut start = 0;
         while start < size {
             let length = READ_CHUNK.min(size - start);
@@ -177,15 +176,17 @@ impl ModelRouterStream {
                 break;
             }
             if observer.feed(&chunk) {
-                watch.timing.first_content = Some(self.now());
+                let time = *now.get_or_insert_with(|| self.now());
+                watch.timing.first_content = Some(time);
             }
             start += chunk.len();
         }
+        now
     }
 
     /// Ends the followed response: records its metrics and filter state. `complete` is false
-    /// when it never ended (a reset, or the client left).
-    fn finish_response(&mut self, complete: bool) {
+    /// when it never ended (a reset, or the client left); `now` is the clock if just read.
+    fn finish_response(&mut self, complete: bool, now: Option<u64>) {
         let Some(mut watch) = self.watch.take() else {
             return;
         };
@@ -194,7 +195,7 @@ impl ModelRouterStream {
             plugin.gen_ai.no_response();
             return;
         };
-        watch.timing.end = Some(self.now());
+        watch.timing.end = Some(now.unwrap_or_else(|| self.now()));
         let report = observer.finish(complete);
         let success = report.status_class() == StatusClass::Success;
         let mut labels = plugin.labels.borrow_mut();
@@ -327,22 +328,22 @@ impl HttpContext for ModelRouterStream {
         if watch.observer.is_some() {
             return Action::Continue;
         }
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|status| status.parse().ok())
+        // One host call for all of them: each call costs more than the headers' bytes.
+        let headers = HeaderList(self.get_http_response_headers_bytes());
+        let status = headers
+            .header(":status")
+            .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
             .unwrap_or(0);
-        let observer = if StatusClass::of(status) == StatusClass::Success {
-            let content_type = self.get_http_response_header_bytes("content-type");
-            let encoding = self.get_http_response_header_bytes("content-encoding");
-            ResponseObserver::start(status, content_type.as_deref(), encoding.as_deref())
-        } else {
-            ResponseObserver::start(status, None, None)
-        };
+        let observer = ResponseObserver::start(
+            status,
+            headers.header("content-type"),
+            headers.header("content-encoding"),
+        );
         if let Some(watch) = self.watch.as_mut() {
             watch.observer = Some(observer);
         }
         if end_of_stream {
-            self.finish_response(true);
+            self.finish_response(true, None);
         }
         Action::Continue
     }
@@ -351,23 +352,25 @@ impl HttpContext for ModelRouterStream {
         let Some(mut watch) = self.watch.take() else {
             return Action::Continue;
         };
-        if body_size > 0 {
-            self.observe_chunk(&mut watch, body_size);
-        }
+        let now = if body_size > 0 {
+            self.observe_chunk(&mut watch, body_size)
+        } else {
+            None
+        };
         self.watch = Some(watch);
         if end_of_stream {
-            self.finish_response(true);
+            self.finish_response(true, now);
         }
         Action::Continue
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.finish_response(true);
+        self.finish_response(true, None);
         Action::Continue
     }
 
     fn on_log(&mut self) {
         // Still followed: the response never ended.
-        self.finish_response(false);
+        self.finish_response(false, None);
     }
 }
