@@ -25,11 +25,19 @@ YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
 ENVOY_GATEWAY_MODULE=github.com/envoyproxy/gateway/cmd/envoy-gateway@v1.9.0
 EGCTL_MODULE=github.com/envoyproxy/gateway/cmd/egctl@v1.9.0
-# The simulator the seed's pools run; always with --force-dummy-tokenizer (testkit/src/llm_d.rs).
+# The simulator the seed's pools run; always with --force-dummy-tokenizer (else it reaches
+# for a model hub; testkit/src/llm_d.rs).
 LLM_D_SIM_MODULE=github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@v0.10.2
 # Envoy AI Gateway: v1.0.0, as the module proxy refuses v1.1.0 and later (403, "This module
 # version is not available"); the same embedded Envoy Gateway (1.8.1) as v1.1.0.
 export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
+# envoyproxy/ratelimit, the rate limit service of the token budget test. It has no tagged
+# release on the module proxy: pinned to a commit (January 2026) that has per-descriptor
+# hits_addend (a check that adds nothing).
+RATELIMIT_MODULE=github.com/envoyproxy/ratelimit/src/service_cmd@v1.4.1-0.20260122083618-3fb702589d36
+# The Python SDKs the client tests drive the gateway with.
+OPENAI_SDK_VERSION=3.57.0
+ANTHROPIC_SDK_VERSION=2.14.0
 
 TOOLS=target/tools
 export PATH="$PWD/$TOOLS/bin:$PATH"
@@ -62,15 +70,17 @@ ensure_cargo() {
   fi
 }
 
-# Builds a Go program from its module at a pinned version (PACKAGE@VERSION), once, and prints
-# how long the build took. Built in a throwaway module that requires it rather than with
+# Builds a Go program from its module at a pinned version (PACKAGE@VERSION), once, as NAME
+# (default: the package's last element), and prints how long the build took. Built in a throwaway module that requires it rather than with
 # `go install PACKAGE@VERSION`, which also asks the module proxy for the module's version list
 # and fails where the proxy refuses that list (it does for github.com/envoyproxy/ai-gateway).
 go_tool() {
-  local package=$1 name stamp module
-  name=$(basename "${package%@*}")
-  # A module's major version suffix (.../yq/v4) is not the program's name.
-  [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${package%@*}")")
+  local package=$1 name=${2:-} stamp module
+  if [ -z "$name" ]; then
+    name=$(basename "${package%@*}")
+    # A module's major version suffix (.../yq/v4) is not the program's name.
+    [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${package%@*}")")
+  fi
   stamp="$TOOLS/versions/$name"
   if [ -x "$TOOLS/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$package" ]; then
     return 0
@@ -186,7 +196,6 @@ ensure_test_tools() {
   go_tool "$KUBECONFORM_MODULE"
   go_tool "$ENVOY_GATEWAY_MODULE"
   go_tool "$EGCTL_MODULE"
-  go_tool "$LLM_D_SIM_MODULE"
   go_tool "$AIGW_MODULE"
   build_programs
   export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
@@ -197,11 +206,27 @@ ensure_test_tools() {
     LITELLM_BIN="$PWD/.venv-litellm/bin/litellm" WRK_BIN="$(command -v wrk)"
 }
 
-# The gateway suites need the filter, Envoy and yq only.
+# The OpenAI and Anthropic Python SDKs at pinned versions, in their own venv.
+ensure_sdk_clients() {
+  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$" &&
+    .venv-clients/bin/pip show anthropic 2>/dev/null | grep -q "^Version: $ANTHROPIC_SDK_VERSION$"; }; then
+    log "installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv-clients"
+    python3 -m venv .venv-clients
+    .venv-clients/bin/pip install --quiet "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION"
+  fi
+}
+
+# The gateway suites need the filter, Envoy, yq, the SDK clients and llm-d's simulator.
 ensure_gateway_tools() {
   build_wasm
   ensure_envoy
-  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq"
+  ensure_sdk_clients
+  go_tool "$LLM_D_SIM_MODULE"
+  go_tool "$RATELIMIT_MODULE" ratelimit
+  apt_install redis-server
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
+    SDK_PYTHON="$PWD/.venv-clients/bin/python" LLM_D_SIM_BIN="$PWD/$TOOLS/bin/llm-d-inference-sim" \
+    RATELIMIT_BIN="$PWD/$TOOLS/bin/ratelimit" REDIS_SERVER_BIN="$(command -v redis-server)"
 }
 
 run_bench() {
@@ -314,7 +339,7 @@ run_tests() {
   suite fmt cargo fmt --all -- --check
   suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
   suite unit cargo test --locked --workspace --lib --bins
-  suite property cargo test --locked --workspace --test scanner
+  suite property cargo test --locked --workspace --test scanner --test response_readers
   suite gateway cargo test --locked --workspace --test gateway
   if [ "$tier" = full ]; then
     suite k8s cargo test --locked --workspace --test k8s

@@ -3,6 +3,7 @@
 //! An empty configuration means every default. Unknown fields and bad values are refused
 //! with an error that names the field, so a bad configuration never loads.
 
+use crate::response::labels::{check_label, ModelLabels};
 use serde::Deserialize;
 use std::fmt;
 
@@ -22,6 +23,8 @@ pub const DEFAULT_MAX_MODEL_BYTES: usize = 256;
 pub const MAX_MODEL_BYTES_LIMIT: usize = 4096;
 /// Largest body limit that may be configured: Envoy must buffer the whole body.
 pub const MAX_BODY_BYTES_LIMIT: u64 = 1 << 30;
+/// Most models that may be listed: each is a metric label value, so a bound on the series.
+pub const MAX_MODELS: usize = 256;
 
 /// The configuration as written, before validation.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +35,37 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     max_model_bytes: Option<usize>,
     missing_model: Option<MissingModel>,
+    models: Option<Vec<ModelEntry>>,
+    response: Option<ResponseSettings>,
+}
+
+/// One model the gateway serves. For now only its name: the metric label it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+}
+
+/// What the filter does with responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseSettings {
+    /// Read token usage, the answering model and timings from responses (default true): it
+    /// never changes a byte of the response, and costs little.
+    pub usage: bool,
+    /// Add `stream_options: {"include_usage": true}` to streaming chat and completions
+    /// requests without `stream_options` (default false): their clients then receive one more
+    /// chunk, with the usage and no choices, that they did not ask for.
+    pub add_include_usage: bool,
+}
+
+impl Default for ResponseSettings {
+    fn default() -> Self {
+        Self {
+            usage: true,
+            add_include_usage: false,
+        }
+    }
 }
 
 /// What to do with a scanned body whose top-level object has no `model` key.
@@ -53,6 +87,9 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub max_model_bytes: usize,
     pub missing_model: MissingModel,
+    /// The models served, by name; empty when none is listed.
+    pub models: Vec<ModelEntry>,
+    pub response: ResponseSettings,
 }
 
 impl Default for Settings {
@@ -63,6 +100,8 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             missing_model: MissingModel::Reject,
+            models: Vec::new(),
+            response: ResponseSettings::default(),
         }
     }
 }
@@ -118,6 +157,8 @@ impl Settings {
             max_body_bytes: raw.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_model_bytes: raw.max_model_bytes.unwrap_or(defaults.max_model_bytes),
             missing_model: raw.missing_model.unwrap_or(defaults.missing_model),
+            models: raw.models.unwrap_or(defaults.models),
+            response: raw.response.unwrap_or(defaults.response),
         };
         settings.validate()?;
         Ok(settings)
@@ -175,7 +216,42 @@ impl Settings {
                 ),
             ));
         }
+        if self.models.len() > MAX_MODELS {
+            return Err(invalid(
+                "models",
+                format!("lists {} models, at most {MAX_MODELS}", self.models.len()),
+            ));
+        }
+        for (index, model) in self.models.iter().enumerate() {
+            check_label(&model.name).map_err(|reason| {
+                invalid("models", format!("model name {:?} {reason}", model.name))
+            })?;
+            if model.name.len() > self.max_model_bytes {
+                return Err(invalid(
+                    "models",
+                    format!(
+                        "model name {:?} is longer than max_model_bytes ({})",
+                        model.name, self.max_model_bytes
+                    ),
+                ));
+            }
+            if self.models[..index].iter().any(|m| m.name == model.name) {
+                return Err(invalid(
+                    "models",
+                    format!("model name {:?} is listed twice", model.name),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The metric labels of models: the listed names, or learned ones without a list.
+    pub fn model_labels(&self) -> ModelLabels {
+        if self.models.is_empty() {
+            ModelLabels::learning()
+        } else {
+            ModelLabels::configured(self.models.iter().map(|m| m.name.clone()))
+        }
     }
 
     /// Whether requests to this `:path` (query string ignored) have their body scanned.
@@ -204,13 +280,18 @@ mod tests {
         assert_eq!(defaults.max_body_bytes, 8 << 20);
         assert_eq!(defaults.max_model_bytes, 256);
         assert_eq!(defaults.missing_model, MissingModel::Reject);
+        assert!(defaults.models.is_empty());
+        assert!(defaults.response.usage);
+        assert!(!defaults.response.add_include_usage);
     }
 
     #[test]
     fn every_field_can_be_set() {
         let settings = Settings::parse(
             br#"{"header":"x-model","paths":["/v2/chat"],"max_body_bytes":1024,
-                 "max_model_bytes":64,"missing_model":"pass_through"}"#,
+                 "max_model_bytes":64,"missing_model":"pass_through",
+                 "models":[{"name":"a/b:c.d"},{"name":"e"}],
+                 "response":{"usage":false,"add_include_usage":true}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -221,8 +302,21 @@ mod tests {
                 max_body_bytes: 1024,
                 max_model_bytes: 64,
                 missing_model: MissingModel::PassThrough,
+                models: vec![
+                    ModelEntry {
+                        name: "a/b:c.d".into()
+                    },
+                    ModelEntry { name: "e".into() }
+                ],
+                response: ResponseSettings {
+                    usage: false,
+                    add_include_usage: true
+                },
             }
         );
+        // A partial response section keeps the other defaults.
+        let settings = Settings::parse(br#"{"response":{"add_include_usage":true}}"#).unwrap();
+        assert!(settings.response.usage && settings.response.add_include_usage);
     }
 
     #[test]
@@ -240,6 +334,13 @@ mod tests {
             .reason
             .contains("invalid type: sequence, expected a map"));
         assert!(error("{").reason.contains("EOF"));
+        assert!(error(r#"{"models":[{"name":"a","aliases":[]}]}"#)
+            .reason
+            .contains("unknown field `aliases`"));
+        assert!(error(r#"{"models":["a"]}"#).reason.contains("invalid type"));
+        assert!(error(r#"{"response":{"tokens":true}}"#)
+            .reason
+            .contains("unknown field `tokens`"));
     }
 
     #[test]
@@ -256,6 +357,14 @@ mod tests {
             (r#"{"max_body_bytes":2147483648}"#, "max_body_bytes"),
             (r#"{"max_model_bytes":0}"#, "max_model_bytes"),
             (r#"{"max_model_bytes":4097}"#, "max_model_bytes"),
+            (r#"{"models":[{"name":""}]}"#, "models"),
+            (r#"{"models":[{"name":"other"}]}"#, "models"),
+            (r#"{"models":[{"name":"a=b"}]}"#, "models"),
+            (r#"{"models":[{"name":"a"},{"name":"a"}]}"#, "models"),
+            (
+                r#"{"max_model_bytes":3,"models":[{"name":"abcd"}]}"#,
+                "models",
+            ),
         ];
         for (config, field) in cases {
             let error = error(config);

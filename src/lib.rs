@@ -13,3 +13,4 @@ pub mod config;
 mod filter;
 pub mod reply;
 pub mod request;
+pub mod response;

@@ -75,7 +75,7 @@ impl Workload {
 }
 
 /// Sends the body file named by BENCH_BODY, with the routing header when BENCH_HEADER is set.
-const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
+pub const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
 wrk.body = f:read("*a")
 f:close()
 wrk.method = "POST"

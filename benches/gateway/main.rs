@@ -14,11 +14,16 @@
 //! Every variant runs every workload once per round, in rounds interleaved so that a slow
 //! minute of this shared machine does not land on one variant only.
 //!
+//! Then the response side's own cost (`response_cost`): the filter with `response.usage` on
+//! and off, streamed and JSON answers.
+//!
 //! `./build.sh bench` runs it in full and writes benches/results/; `--smoke` (part of
 //! `./build.sh test`) runs one short round of every variant and workload, writing nothing.
+//! `--response-only` runs the response side's measurement alone (with `--smoke`, briefly).
 
 mod load;
 mod report;
+mod response_cost;
 mod variants;
 
 use load::{fixed_rate, run_wrk, Workload};
@@ -50,6 +55,10 @@ pub struct Tools {
 fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (rounds, seconds) = if smoke { (1, 1) } else { (ROUNDS, 10) };
+    if std::env::args().any(|a| a == "--response-only") {
+        let failures = run_response_cost(smoke, rounds, seconds);
+        return finish(smoke, 2 * rounds, failures);
+    }
     let tools = Tools {
         wasm: required_file("MODEL_ROUTER_WASM"),
         envoy: required_file("ENVOY_BIN"),
@@ -150,19 +159,55 @@ fn main() -> std::process::ExitCode {
         println!("{markdown}\nwritten: benches/results/gateway.md, benches/results/gateway.svg");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let total = rounds * workloads.len() * Variant::ALL.len();
+    drop(_backend);
+    failures.extend(run_response_cost(smoke, rounds, seconds));
+    let total = rounds * workloads.len() * Variant::ALL.len() + 2 * rounds;
+    finish(smoke, total, failures)
+}
+
+/// Prints the summary line; fails if any run failed. Returned from main, not exited, so that
+/// every process the benchmark started is stopped.
+fn finish(smoke: bool, total: usize, failures: Vec<String>) -> std::process::ExitCode {
     println!(
         "bench {}: {} passed, {} failed",
         if smoke { "smoke" } else { "full" },
-        total - failures.len(),
+        total - failures.len().min(total),
         failures.len()
     );
     if failures.is_empty() {
         return std::process::ExitCode::SUCCESS;
     }
     eprintln!("{}", failures.join("\n"));
-    // Returning, not exiting, so that every process this benchmark started is stopped.
     std::process::ExitCode::FAILURE
+}
+
+/// The response side's cost against its own llm-sim backend; writes
+/// benches/results/response.md in a full run. Returns the failed runs.
+fn run_response_cost(smoke: bool, rounds: usize, seconds: u64) -> Vec<String> {
+    let wasm = required_file("MODEL_ROUTER_WASM");
+    let wrk = required_file("WRK_BIN");
+    let sim = required_file("LLM_SIM_BIN");
+    let dir = std::env::temp_dir().join(format!(
+        "model-router-bench-response-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = Command::new(&sim);
+    command.args(["--name", "backend", "--port", "0", "--max-num-seqs", "1024"]);
+    command.args(["--model", testkit::scenario::LLAMA]);
+    let (_backend, backend) = spawn_listening(&mut command, "on http://").unwrap();
+    eprintln!("== response side: usage on vs off");
+    let cost = response_cost::measure(&wasm, &wrk, backend, &dir, rounds, seconds);
+    let markdown = cost.markdown();
+    println!("{markdown}");
+    if !smoke {
+        let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+        std::fs::create_dir_all(&results).unwrap();
+        std::fs::write(results.join("response.md"), &markdown).unwrap();
+        println!("written: benches/results/response.md");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    cost.errors
 }
 
 /// The versions of what was measured, for the report.

@@ -121,7 +121,12 @@ fn envoy_config(
     processor: Option<SocketAddr>,
     wasm: &Path,
 ) -> String {
-    let filter = match variant {
+    envoy_with_filter(&variant_filter(variant, wasm), backend, processor)
+}
+
+/// The HTTP filter (YAML at indent 0) a variant puts before the router.
+fn variant_filter(variant: Variant, wasm: &Path) -> String {
+    match variant {
         Variant::Header => String::new(),
         Variant::AiGateway | Variant::LiteLlm => unreachable!("{} runs no Envoy of ours", variant.name()),
         Variant::Wasm => http_filter(wasm, "{}"),
@@ -146,7 +151,11 @@ fn envoy_config(
       response_body_mode: NONE
 "#
         .to_owned(),
-    };
+    }
+}
+
+/// The benchmark's Envoy configuration with `filter` (YAML at indent 0) before the router.
+fn envoy_with_filter(filter: &str, backend: SocketAddr, processor: Option<SocketAddr>) -> String {
     let routes: String = MODELS
         .iter()
         .map(|m| {
@@ -204,7 +213,7 @@ static_resources:
       cluster_name: backend
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
 {processor_cluster}"#,
-        filters = indent(&filter, 10),
+        filters = indent(filter, 10),
         routes = indent(&routes, 14),
         port = backend.port(),
     )
@@ -329,6 +338,24 @@ fn start_ai_gateway(backend: SocketAddr, tools: &Tools, dir: &Path) -> Proxy {
         envoy: None,
         admin: Some(SocketAddr::from(([127, 0, 0, 1], admin_port))),
         processes: vec![process],
+    }
+}
+
+/// Envoy with this filter under `plugin_config`, in front of `backend`.
+pub fn start_filter(backend: SocketAddr, wasm: &Path, plugin_config: &str) -> Proxy {
+    let envoy = Envoy::launch(&envoy_with_filter(
+        &http_filter(wasm, plugin_config),
+        backend,
+        None,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Proxy {
+        url: format!("http://{}/v1/chat/completions", envoy.listener),
+        addr: envoy.listener,
+        pids: vec![envoy.pid()],
+        admin: Some(envoy.admin),
+        envoy: Some(envoy),
+        processes: Vec::new(),
     }
 }
 

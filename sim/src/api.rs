@@ -1,19 +1,53 @@
 //! The HTTP surface of a replica: routing a request to its answer, the model list, vLLM's
-//! `/metrics` gauges, embeddings, and the OpenAI error shape.
+//! `/metrics` gauges, embeddings, faults on request, and the OpenAI error shape.
 
 use crate::completion::completion;
-use crate::{Replica, SeenRequest, REPLICA_HEADER};
+use crate::faults::{Fault, NOT_JSON_BODY};
+use crate::messages::messages;
+use crate::responses::responses;
+use crate::{Replica, SeenRequest, CACHED_TOKENS_HEADER, FAULT_HEADER, REPLICA_HEADER};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-pub type ResponseBody = BoxBody<Bytes, Infallible>;
+/// Why a response body stopped short (only on purpose: [`Fault::ResetStream`]).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type ResponseBody = BoxBody<Bytes, BodyError>;
+
+/// One model request, as every API's handler sees it.
+pub struct Ask<'a> {
+    pub replica: &'a Arc<Replica>,
+    pub model: &'a str,
+    pub request: &'a Value,
+    pub fault: Fault,
+    /// Prompt tokens to report as read from a cache.
+    pub cached: Option<u64>,
+}
+
+impl Ask<'_> {
+    /// Waits as long as generating `tokens` tokens takes at the pool's pace.
+    pub async fn answer_delay(&self, tokens: usize) {
+        let config = &self.replica.config;
+        let delay = config.time_to_first_token
+            + config.time_per_output_token * tokens.saturating_sub(1) as u32;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn boxed(body: Full<Bytes>) -> ResponseBody {
+    body.map_err(|never: Infallible| match never {}).boxed()
+}
 
 /// Counts a request as in flight until dropped (at the end of a streamed answer too).
 pub struct InFlight(Arc<Replica>);
@@ -32,6 +66,16 @@ impl Drop for InFlight {
 }
 
 pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Response<ResponseBody> {
+    let fault = Fault::from_header(
+        request
+            .headers()
+            .get(FAULT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let cached = request
+        .headers()
+        .get(CACHED_TOKENS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let headers = request
@@ -57,21 +101,78 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
     if path == "/health" {
         return full(StatusCode::OK, "text/plain", Bytes::new(), &replica);
     }
-    if replica.recording.load(Ordering::SeqCst) {
-        replica.seen.lock().expect("request log").push(SeenRequest {
-            replica: replica.id.clone(),
-            method: method.to_string(),
-            path: path.clone(),
-            headers,
-            body: body.clone(),
-        });
+    if !replica.recording.load(Ordering::SeqCst) {
+        return answer(&replica, method, &path, &body, fault, cached).await;
     }
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    replica.seen.lock().expect("request log").push(SeenRequest {
+        replica: replica.id.clone(),
+        method: method.to_string(),
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+        sent: Arc::clone(&sent),
+    });
+    answer(&replica, method, &path, &body, fault, cached)
+        .await
+        .map(|body| Tee { body, sent }.boxed())
+}
+
+/// A response body that keeps a copy of every byte it sends (for [`SeenRequest::sent`]).
+struct Tee {
+    body: ResponseBody,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent
+                    .lock()
+                    .expect("sent bytes")
+                    .extend_from_slice(data);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
+/// The answer to a request that is not a health check.
+async fn answer(
+    replica: &Arc<Replica>,
+    method: Method,
+    path: &str,
+    body: &Bytes,
+    fault: Fault,
+    cached: Option<u64>,
+) -> Response<ResponseBody> {
+    let replica = Arc::clone(replica);
+    let path = path.to_owned();
     let _in_flight = InFlight::new(&replica);
     match (method, path.as_str()) {
         (Method::GET, "/v1/models") => models(&replica),
         (Method::GET, "/metrics") => metrics(&replica),
-        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
-            let request: Value = match serde_json::from_slice(&body) {
+        (
+            Method::POST,
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+            | "/v1/messages",
+        ) => {
+            let request: Value = match serde_json::from_slice(body) {
                 Ok(Value::Object(object)) => Value::Object(object),
                 _ => {
                     return error(
@@ -95,9 +196,36 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
                     "model_not_found",
                 );
             }
+            match fault {
+                Fault::NotJson => {
+                    return full(
+                        StatusCode::OK,
+                        "application/json",
+                        Bytes::from_static(NOT_JSON_BODY.as_bytes()),
+                        &replica,
+                    )
+                }
+                Fault::Error500 => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the model crashed",
+                        "internal_error",
+                    )
+                }
+                _ => {}
+            }
+            let ask = Ask {
+                replica: &replica,
+                model: &model,
+                request: &request,
+                fault,
+                cached,
+            };
             match path.as_str() {
-                "/v1/embeddings" => embeddings(&replica, &model, &request),
-                _ => completion(&replica, &model, &request, path == "/v1/chat/completions").await,
+                "/v1/embeddings" => embeddings(&ask),
+                "/v1/responses" => responses(&ask).await,
+                "/v1/messages" => messages(&ask).await,
+                _ => completion(&ask, path == "/v1/chat/completions").await,
             }
         }
         _ => error(
@@ -114,7 +242,7 @@ fn full(
     body: Bytes,
     replica: &Replica,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(Full::new(body).boxed());
+    let mut response = Response::new(boxed(Full::new(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -130,7 +258,7 @@ fn full(
 
 fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    let mut response = Response::new(boxed(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -194,8 +322,9 @@ fn metrics(replica: &Replica) -> Response<ResponseBody> {
     )
 }
 
-fn embeddings(replica: &Replica, model: &str, request: &Value) -> Response<ResponseBody> {
-    let inputs: Vec<String> = match &request["input"] {
+fn embeddings(ask: &Ask<'_>) -> Response<ResponseBody> {
+    let (replica, model) = (ask.replica, ask.model);
+    let inputs: Vec<String> = match &ask.request["input"] {
         Value::String(text) => vec![text.clone()],
         Value::Array(items) => items
             .iter()
@@ -222,7 +351,8 @@ fn embeddings(replica: &Replica, model: &str, request: &Value) -> Response<Respo
         replica,
         &json!({
             "object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "served_by": replica.id,
+            "usage": ask.fault.usage(json!({"prompt_tokens": tokens, "total_tokens": tokens})),
+            "served_by": replica.id,
         }),
     )
 }

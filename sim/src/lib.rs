@@ -3,19 +3,25 @@
 //! Envoy Gateway tests also run), cannot do the job.
 //!
 //! What only this one does: it records every request it receives (headers and body bytes), so
-//! a test can prove what reached a backend and what did not; it injects deterministic faults
-//! on request (`x-sim-fault: reset` drops the connection unanswered); it names the replica in
-//! `x-sim-replica` and `served_by` whatever the deployment; it runs many replicas in one
-//! process, cheap enough for the benchmark's zero-latency backend. Each replica answers
-//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`, `/health` and
-//! `/metrics` (vLLM's load gauges), streams with SSE when asked, and echoes the model it
-//! received. [`picker`] is a stand-in endpoint picker for the Envoy Gateway-shaped data plane
-//! (the real one needs a Kubernetes API server).
+//! a test can prove what reached a backend and what did not; it answers badly on request
+//! ([`faults`]: a dropped connection, wrong-typed or absurd usage, non-JSON, a cut stream); it
+//! names the replica in `x-sim-replica` and `served_by` whatever the deployment; it runs many
+//! replicas in one process, cheap enough for the benchmark's zero-latency backend. Each replica
+//! answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`
+//! (OpenAI's Responses API), `/v1/messages` (Anthropic's), `/v1/models`, `/health` and
+//! `/metrics` (vLLM's load gauges), streams with SSE when asked (each API's own events, with
+//! usage), and echoes the model it received. [`picker`] is a stand-in endpoint picker for the
+//! Envoy Gateway-shaped data plane (the real one needs a Kubernetes API server).
 
 mod api;
 pub mod body_router;
 mod completion;
+pub mod faults;
+mod generate;
+mod messages;
 pub mod picker;
+mod responses;
+mod stream;
 
 use api::handle;
 use bytes::Bytes;
@@ -32,9 +38,11 @@ use tokio::task::JoinHandle;
 
 /// Response header naming the replica that served a request.
 pub const REPLICA_HEADER: &str = "x-sim-replica";
-/// Request header a test sends to inject a fault: `reset` closes the connection without an
-/// answer once the request is in, as a crashing server would.
+/// Request header a test sends to inject a fault ([`faults::Fault`]): e.g. `reset` closes
+/// the connection without an answer once the request is in, as a crashing server would.
 pub const FAULT_HEADER: &str = "x-sim-fault";
+/// Request header asking the answer to report this many prompt tokens as cached.
+pub const CACHED_TOKENS_HEADER: &str = "x-sim-cached-tokens";
 
 /// How one pool of replicas behaves.
 #[derive(Debug, Clone)]
@@ -74,9 +82,16 @@ pub struct SeenRequest {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The bytes of the answer, as sent so far.
+    sent: Arc<Mutex<Vec<u8>>>,
 }
 
 impl SeenRequest {
+    /// Every byte of the answer sent so far (all of it once the client has it).
+    pub fn sent(&self) -> Vec<u8> {
+        self.sent.lock().expect("sent bytes").clone()
+    }
+
     /// Every value of a header, in order.
     pub fn header_values(&self, name: &str) -> Vec<&str> {
         self.headers

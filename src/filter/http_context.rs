@@ -1,20 +1,25 @@
 //! The per-stream context: strips any client-sent routing header, holds the request while
-//! its body is scanned, then sets the header or replies.
+//! its body is scanned, then sets the header or replies; then follows the routed request's
+//! response, every chunk read once and passed on at once, to record what it cost.
 //!
 //! Envoy clears the route cache whenever a wasm filter changes the request headers, so the
 //! route is matched again with the header as set (or removed); the gateway tests prove it.
 //! A refusal decided before the body ends is held until it does ([`HeldRefusal`]), so that
 //! Envoy keeps the client's HTTP/1.1 connection.
 
+use super::gen_ai_metrics::Labels;
 use super::host::send_local_reply;
 use super::plugin::Plugin;
+use crate::request::stream_options::include_usage_edit;
 use crate::request::{
     inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Route,
 };
+use crate::response::{state, Api, ResponseModel, ResponseObserver, StatusClass, Timing};
 use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
+use std::time::UNIX_EPOCH;
 
 /// Most body bytes copied into wasm memory at once, so the filter's memory stays flat
 /// whatever the size of the chunks Envoy delivers.
@@ -29,9 +34,20 @@ enum Stage {
     Refusing(HeldRefusal),
 }
 
+/// A routed request whose response is followed.
+struct Watch {
+    api: Api,
+    model: Vec<u8>,
+    timing: Timing,
+    /// From the response headers on.
+    observer: Option<ResponseObserver>,
+}
+
 pub struct ModelRouterStream {
     plugin: Rc<Plugin>,
     stage: Stage,
+    api: Api,
+    watch: Option<Watch>,
 }
 
 impl ModelRouterStream {
@@ -39,7 +55,16 @@ impl ModelRouterStream {
         Self {
             plugin,
             stage: Stage::Forwarding,
+            api: Api::Other,
+            watch: None,
         }
+    }
+
+    /// The host clock, in nanoseconds.
+    fn now(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     }
 
     /// Reads and scans the body bytes Envoy has buffered since the last call.
@@ -59,12 +84,30 @@ impl ModelRouterStream {
     /// Ends the scan: sets the routing header, or replies with the refusal.
     fn route(&mut self, router: BodyRouter) -> Action {
         self.plugin.metrics.record_memory();
+        let shape = router.stream_shape();
+        let body_length = router.scanned();
         match router.finish() {
             Ok(Route::Model(model)) => {
-                let settings = &self.plugin.settings;
+                let plugin = Rc::clone(&self.plugin);
+                let settings = &plugin.settings;
                 self.set_http_request_header_bytes(&settings.header, Some(&model));
-                self.plugin.metrics.routed();
+                plugin.metrics.routed();
                 debug!("routed model {:?}", String::from_utf8_lossy(&model));
+                if settings.response.add_include_usage && self.api.takes_stream_options() {
+                    self.add_include_usage(include_usage_edit(shape, body_length));
+                }
+                if settings.response.usage {
+                    self.set_property(vec![state::REQUEST_MODEL], Some(&model));
+                    self.watch = Some(Watch {
+                        api: self.api,
+                        model,
+                        timing: Timing {
+                            routed: self.now(),
+                            ..Timing::default()
+                        },
+                        observer: None,
+                    });
+                }
                 Action::Continue
             }
             Ok(Route::Unrouted) => {
@@ -105,6 +148,103 @@ impl ModelRouterStream {
         }
     }
 
+    /// Edits the held body's prefix in Envoy's buffer, and its declared length with it.
+    fn add_include_usage(&self, edit: Option<crate::request::stream_options::PrefixEdit>) {
+        let Some(edit) = edit else {
+            return;
+        };
+        self.set_http_request_body(0, edit.drain, edit.prefix);
+        if self.get_http_request_header("content-length").is_some() {
+            self.set_http_request_header("content-length", Some(&edit.new_length.to_string()));
+        }
+        self.plugin.gen_ai.include_usage_added();
+        debug!("added stream_options.include_usage");
+    }
+
+    /// Reads the response chunk Envoy holds (`size` bytes, the current chunk only, as the
+    /// filter never buffers the response) into the observer; the clock, if it read it.
+    fn observe_chunk(&self, watch: &mut Watch, size: usize) -> Option<u64> {
+        let mut now = None;
+        let observer = watch.observer.as_mut().filter(|o| o.reads_body())?;
+        let mut start = 0;
+        while start < size {
+            let length = READ_CHUNK.min(size - start);
+            let Some(chunk) = self.get_http_response_body(start, length) else {
+                break;
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            if observer.feed(&chunk) {
+                let time = *now.get_or_insert_with(|| self.now());
+                watch.timing.first_content = Some(time);
+            }
+            start += chunk.len();
+        }
+        now
+    }
+
+    /// Ends the followed response: records its metrics and filter state. `complete` is false
+    /// when it never ended (a reset, or the client left); `now` is the clock if just read.
+    fn finish_response(&mut self, complete: bool, now: Option<u64>) {
+        let Some(mut watch) = self.watch.take() else {
+            return;
+        };
+        let plugin = Rc::clone(&self.plugin);
+        let Some(observer) = watch.observer.take() else {
+            plugin.gen_ai.no_response();
+            return;
+        };
+        watch.timing.end = Some(now.unwrap_or_else(|| self.now()));
+        let report = observer.finish(complete);
+        let success = report.status_class() == StatusClass::Success;
+        let mut labels = plugin.labels.borrow_mut();
+        let request = if success {
+            labels.learn(&watch.model)
+        } else {
+            labels.label(&watch.model)
+        };
+        let response = match &report.model {
+            ResponseModel::Name(name) if success => Some(labels.learn(name.as_bytes())),
+            ResponseModel::Name(name) => Some(labels.label(name.as_bytes())),
+            ResponseModel::TooLong => Some(0),
+            ResponseModel::None => None,
+        };
+        let metric_labels = Labels {
+            operation: watch.api.operation(),
+            request,
+            response,
+        };
+        plugin
+            .gen_ai
+            .record(&labels, &metric_labels, &report, &watch.timing);
+        drop(labels);
+        if let ResponseModel::Name(name) = &report.model {
+            self.set_property(vec![state::RESPONSE_MODEL], Some(name.as_bytes()));
+        }
+        let usage = &report.usage;
+        for (key, value) in [
+            (state::INPUT_TOKENS, usage.input),
+            (state::OUTPUT_TOKENS, usage.output),
+            (state::CACHED_TOKENS, usage.cached),
+            (state::TOTAL_TOKENS, usage.total),
+            (
+                state::TIME_TO_FIRST_TOKEN_MS,
+                watch.timing.time_to_first_token_ms(),
+            ),
+        ] {
+            if let Some(value) = value {
+                self.set_property(vec![key], Some(value.to_string().as_bytes()));
+            }
+        }
+        debug!(
+            "response {}: usage {:?}, problems {:?}",
+            report.status,
+            report.usage,
+            report.problems.iter().collect::<Vec<_>>()
+        );
+    }
+
     fn reply(&mut self, rejection: &Rejection) -> Action {
         self.stage = Stage::Forwarding;
         self.plugin.metrics.rejected(rejection.code());
@@ -135,6 +275,7 @@ impl HttpContext for ModelRouterStream {
         let plugin = Rc::clone(&self.plugin);
         let header = &plugin.settings.header;
         let headers = HeaderList(self.get_http_request_headers_bytes());
+        self.api = headers.header(":path").map_or(Api::Other, Api::from_path);
         // The body is the only source of the routing header.
         if headers.header(header).is_some() {
             self.set_http_request_header(header, None);
@@ -178,5 +319,58 @@ impl HttpContext for ModelRouterStream {
             Stage::Refusing(held) => self.reply(&held.release()),
             Stage::Forwarding => Action::Continue,
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(watch) = self.watch.as_ref() else {
+            return Action::Continue;
+        };
+        if watch.observer.is_some() {
+            return Action::Continue;
+        }
+        // One host call for all of them: each call costs more than the headers' bytes.
+        let headers = HeaderList(self.get_http_response_headers_bytes());
+        let status = headers
+            .header(":status")
+            .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
+            .unwrap_or(0);
+        let observer = ResponseObserver::start(
+            status,
+            headers.header("content-type"),
+            headers.header("content-encoding"),
+        );
+        if let Some(watch) = self.watch.as_mut() {
+            watch.observer = Some(observer);
+        }
+        if end_of_stream {
+            self.finish_response(true, None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(mut watch) = self.watch.take() else {
+            return Action::Continue;
+        };
+        let now = if body_size > 0 {
+            self.observe_chunk(&mut watch, body_size)
+        } else {
+            None
+        };
+        self.watch = Some(watch);
+        if end_of_stream {
+            self.finish_response(true, now);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.finish_response(true, None);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Still followed: the response never ended.
+        self.finish_response(false, None);
     }
 }

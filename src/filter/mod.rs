@@ -1,5 +1,6 @@
 //! The proxy-wasm host layer: the only code that calls Envoy.
 
+mod gen_ai_metrics;
 mod host;
 mod http_context;
 mod metrics;

@@ -1,6 +1,7 @@
 //! The root context: reads and validates the plugin configuration once, then hands every
 //! stream the ready settings and counters.
 
+use super::gen_ai_metrics::GenAiMetrics;
 use super::http_context::ModelRouterStream;
 use super::metrics::Metrics;
 use super::plugin::Plugin;
@@ -9,6 +10,7 @@ use log::{error, info, LevelFilter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 #[derive(Default)]
@@ -31,9 +33,9 @@ impl RootContext for ModelRouterRoot {
                 return false;
             }
         };
-        let metrics = match Metrics::define() {
-            Ok(metrics) => metrics,
-            Err(status) => {
+        let (metrics, gen_ai) = match (Metrics::define(), GenAiMetrics::define()) {
+            (Ok(metrics), Ok(gen_ai)) => (metrics, gen_ai),
+            (Err(status), _) | (_, Err(status)) => {
                 error!("cannot define counters ({status:?}); the plugin refuses to start");
                 return false;
             }
@@ -42,7 +44,23 @@ impl RootContext for ModelRouterRoot {
             "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
             settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model
         );
-        self.plugin = Some(Rc::new(Plugin { settings, metrics }));
+        info!(
+            "responses: usage {}, add include_usage {}; model labels: {}",
+            settings.response.usage,
+            settings.response.add_include_usage,
+            if settings.models.is_empty() {
+                "learned from answers (no models listed)".to_owned()
+            } else {
+                format!("{} listed models, then \"other\"", settings.models.len())
+            }
+        );
+        let labels = RefCell::new(settings.model_labels());
+        self.plugin = Some(Rc::new(Plugin {
+            settings,
+            metrics,
+            gen_ai,
+            labels,
+        }));
         true
     }
 

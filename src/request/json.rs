@@ -16,6 +16,9 @@
 //! decoded (`"mod\u0065l"` is `model`). The first problem in byte order decides the error, so
 //! a body is refused as soon as it is known to be unacceptable: a second top-level `model`
 //! key, a model value that is not a string, a model longer than the limit, or a syntax error.
+//!
+//! On the way it notes what adding `stream_options` needs ([`StreamShape`]): where the object
+//! starts, whether the top-level `stream` is `true` and whether a `stream_options` key exists.
 
 use std::fmt;
 
@@ -23,6 +26,9 @@ use std::fmt;
 pub const MAX_DEPTH: u32 = 128;
 
 const MODEL_KEY: &[u8] = b"model";
+/// Matched as one key: `stream` is its first six bytes.
+const STREAM_OPTIONS_KEY: &[u8] = b"stream_options";
+const STREAM_KEY_LEN: u8 = 6;
 /// `key_matched` value once the key being read can no longer be `model`.
 const KEY_MISMATCH: u8 = u8::MAX;
 
@@ -127,6 +133,25 @@ enum StringRole {
     Model,
 }
 
+/// What a request body says about streaming, for adding `stream_options` to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamShape {
+    /// Offset of the top-level `{` (the whitespace before it).
+    pub object_start: u64,
+    /// The last top-level `stream` key has the value `true`.
+    pub stream: bool,
+    /// A top-level `stream_options` key exists, whatever its value.
+    pub stream_options: bool,
+}
+
+/// The top-level value about to be read, when it is one the scanner looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopLevelValue {
+    Other,
+    Model,
+    Stream,
+}
+
 /// Finds the top-level `model` string of a JSON object fed in chunks. See the module docs.
 #[derive(Debug)]
 pub struct ModelScanner {
@@ -139,8 +164,11 @@ pub struct ModelScanner {
     arrays: u128,
     /// Bytes of `model` matched so far by the top-level key being read, or `KEY_MISMATCH`.
     key_matched: u8,
-    /// The value being started belongs to the top-level `model` key.
-    model_value_next: bool,
+    /// Bytes of `stream_options` matched so far by the top-level key, or `KEY_MISMATCH`.
+    stream_matched: u8,
+    /// The value being started, when it belongs to a top-level key the scanner looks at.
+    next_top_value: TopLevelValue,
+    shape: StreamShape,
     model_key_seen: bool,
     model: Option<Vec<u8>>,
     max_model_bytes: usize,
@@ -166,7 +194,9 @@ impl ModelScanner {
             depth: 0,
             arrays: 0,
             key_matched: 0,
-            model_value_next: false,
+            stream_matched: 0,
+            next_top_value: TopLevelValue::Other,
+            shape: StreamShape::default(),
             model_key_seen: false,
             model: None,
             max_model_bytes,
@@ -185,6 +215,11 @@ impl ModelScanner {
     /// Bytes fed so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// What the body read so far says about streaming (complete once the body is).
+    pub fn stream_shape(&self) -> StreamShape {
+        self.shape
     }
 
     /// Scans the next chunk of the body. After an error the scanner must not be fed again.
@@ -283,7 +318,7 @@ impl ModelScanner {
                 b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
                     return Err(ScanError::NotAnObject.into())
                 }
-                _ if is_whitespace(byte) => {}
+                _ if is_whitespace(byte) => self.shape.object_start += 1,
                 _ => return Err(SyntaxError::Expected("'{' to start the request object").into()),
             },
             State::Done => {
@@ -420,7 +455,12 @@ impl ModelScanner {
     }
 
     fn start_value(&mut self, byte: u8, expected: &'static str) -> Result<(), Error> {
-        let is_model = std::mem::take(&mut self.model_value_next);
+        let top_value = std::mem::replace(&mut self.next_top_value, TopLevelValue::Other);
+        let is_model = top_value == TopLevelValue::Model;
+        if top_value == TopLevelValue::Stream {
+            // Anything starting with `t` is `true` or a syntax error that refuses the body.
+            self.shape.stream = byte == b't';
+        }
         match byte {
             b'"' if is_model => {
                 self.model = Some(Vec::new());
@@ -454,6 +494,7 @@ impl ModelScanner {
         self.in_key = true;
         if self.depth == 1 {
             self.key_matched = 0;
+            self.stream_matched = 0;
             self.start_string(StringRole::TopLevelKey);
         } else {
             self.start_string(StringRole::Other);
@@ -471,12 +512,18 @@ impl ModelScanner {
             self.end_value();
             return Ok(());
         }
-        if role == StringRole::TopLevelKey && usize::from(self.key_matched) == MODEL_KEY.len() {
-            if self.model_key_seen {
-                return Err(ScanError::DuplicateModel.into());
+        if role == StringRole::TopLevelKey {
+            if usize::from(self.key_matched) == MODEL_KEY.len() {
+                if self.model_key_seen {
+                    return Err(ScanError::DuplicateModel.into());
+                }
+                self.model_key_seen = true;
+                self.next_top_value = TopLevelValue::Model;
+            } else if self.stream_matched == STREAM_KEY_LEN {
+                self.next_top_value = TopLevelValue::Stream;
+            } else if usize::from(self.stream_matched) == STREAM_OPTIONS_KEY.len() {
+                self.shape.stream_options = true;
             }
-            self.model_key_seen = true;
-            self.model_value_next = true;
         }
         self.state = State::Colon;
         Ok(())
@@ -491,6 +538,12 @@ impl ModelScanner {
                 let matched = usize::from(self.key_matched);
                 self.key_matched = if MODEL_KEY.get(matched) == Some(&byte) {
                     self.key_matched + 1
+                } else {
+                    KEY_MISMATCH
+                };
+                let matched = usize::from(self.stream_matched);
+                self.stream_matched = if STREAM_OPTIONS_KEY.get(matched) == Some(&byte) {
+                    self.stream_matched + 1
                 } else {
                     KEY_MISMATCH
                 };
@@ -605,7 +658,7 @@ impl From<ScanError> for Error {
     }
 }
 
-fn is_whitespace(byte: u8) -> bool {
+pub(crate) fn is_whitespace(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
@@ -613,7 +666,7 @@ fn is_whitespace(byte: u8) -> bool {
 /// before the next quote, backslash or control byte, less any UTF-8 sequence that is invalid
 /// or cut off by the chunk's end, which the byte-wise path then reports or carries over.
 #[inline]
-fn skip_string_content(bytes: &[u8]) -> usize {
+pub(crate) fn skip_string_content(bytes: &[u8]) -> usize {
     let (run, non_ascii) = string_content_run(bytes);
     if !non_ascii {
         return run;
@@ -629,7 +682,7 @@ fn skip_string_content(bytes: &[u8]) -> usize {
 /// The length of the prefix of `bytes` free of `"`, `\\` and control bytes, and whether it
 /// may hold non-ASCII bytes. Eight bytes at a time: string content is most of a request.
 #[inline]
-fn string_content_run(bytes: &[u8]) -> (usize, bool) {
+pub(crate) fn string_content_run(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);

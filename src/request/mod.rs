@@ -1,10 +1,12 @@
 //! What the filter decides for one request, as plain Rust: whether its body is scanned, and
 //! what the scanned body routes to. The host layer only moves headers and bytes.
 //!
-//! [`json`] finds the model in a JSON body; [`rejection`] names every refusal.
+//! [`json`] finds the model in a JSON body; [`rejection`] names every refusal;
+//! [`stream_options`] adds `include_usage` to streaming requests when configured.
 
 pub mod json;
 mod rejection;
+pub mod stream_options;
 
 pub use rejection::Rejection;
 
@@ -91,6 +93,11 @@ impl BodyRouter {
     /// Bytes scanned so far.
     pub fn scanned(&self) -> u64 {
         self.scanner.consumed()
+    }
+
+    /// What the body scanned so far says about streaming.
+    pub fn stream_shape(&self) -> json::StreamShape {
+        self.scanner.stream_shape()
     }
 
     /// Checks the body's size so far, before any more of it is read.

@@ -191,6 +191,31 @@ impl Envoy {
         }
     }
 
+    /// Envoy's stats in Prometheus form, as a scrape sees them.
+    pub fn scrape(&self) -> Result<crate::prometheus::Scrape, String> {
+        let (status, body) = get(self.admin, "/stats?format=prometheus")?;
+        if status != 200 {
+            return Err(format!("/stats?format=prometheus answered {status}"));
+        }
+        crate::prometheus::Scrape::parse(&body)
+    }
+
+    /// Scrapes until `ready` accepts a scrape (histograms are merged from the workers on
+    /// each scrape, so the one after a response may not show it yet); the last scrape.
+    pub fn scrape_until(
+        &self,
+        ready: impl Fn(&crate::prometheus::Scrape) -> bool,
+    ) -> Result<crate::prometheus::Scrape, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let scrape = self.scrape()?;
+            if ready(&scrape) || Instant::now() > deadline {
+                return Ok(scrape);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Envoy's stdout (the access log) so far.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()

@@ -1,11 +1,13 @@
 //! What the tests, benchmarks and fuzz targets share, so each says only what it proves.
 //!
-//! Always: [`oracle`], serde_json's reading of a body as the scanner must report it. With the
+//! Always: [`oracle`], serde_json's reading of a body as the scanner must report it, and
+//! [`usage_oracle`], the same for the response readers. With the
 //! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
 //! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
 //! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
 //! [`wasm_filter`] (the filter's Envoy
-//! configuration) and [`openai`] (the OpenAI error shape).
+//! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
+//! output, parsed).
 
 pub mod oracle;
 
@@ -25,10 +27,12 @@ pub mod llm_d;
 pub mod openai;
 #[cfg(feature = "gateway")]
 pub mod process;
+pub mod prometheus;
 #[cfg(feature = "gateway")]
 pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod scenario;
+pub mod usage_oracle;
 #[cfg(feature = "gateway")]
 pub mod wasm_filter;
 

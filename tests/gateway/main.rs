@@ -6,12 +6,19 @@
 //! depend on one another; a case that changes the gateway starts its own Envoy. Run with
 //! `./build.sh test`; a substring selects cases: `cargo test --test gateway -- refus`.
 
+mod bad_responses;
 mod envoy_gateway_shaped;
+mod gen_ai;
 mod hardening;
+mod include_usage;
+mod llm_d;
 mod refusals;
 mod reload;
 mod routing;
+mod sdk;
 mod soak;
+mod token_budget;
+mod usage;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -184,6 +191,12 @@ fn main() -> std::process::ExitCode {
         reload::cases(),
         envoy_gateway_shaped::cases(),
         soak::cases(),
+        usage::cases(),
+        include_usage::cases(),
+        bad_responses::cases(),
+        sdk::cases(),
+        llm_d::cases(),
+        token_budget::cases(),
     ];
     testkit::cases::run(cases.into_iter().flatten().collect(), vec![])
 }

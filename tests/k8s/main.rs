@@ -5,6 +5,7 @@
 mod filter;
 mod references;
 mod schemas;
+mod telemetry;
 
 use serde_json::Value;
 use std::path::Path;

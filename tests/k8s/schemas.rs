@@ -321,3 +321,52 @@ fn the_validator_refuses_what_the_schemas_refuse() {
         assert!(said, "{what}: expected {path}: {message}, got {result:#}");
     }
 }
+
+#[test]
+fn the_envoy_gateway_token_budget_is_valid_against_its_published_schema() {
+    let scratch = Scratch::new("token-budget");
+    write_json_schemas(&scratch.0);
+    let file = root().join("ratelimit/envoy-gateway.yaml");
+    let verdict = kubeconform(&scratch.0, std::slice::from_ref(&file));
+    let statuses: Vec<String> = verdict
+        .resources
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}: {}",
+                r["kind"].as_str().unwrap(),
+                r["name"].as_str().unwrap(),
+                r["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(verdict.passed, "{statuses:?}\n{:?}", verdict.resources);
+    let mut statuses = statuses;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            "BackendTrafficPolicy/token-budgets: statusValid",
+            "EnvoyPatchPolicy/token-budgets-from-filter-state: statusValid"
+        ]
+    );
+    // Its budgets are the local gateway's (ratelimit/config.yaml), model by model.
+    let local = &documents(&root().join("ratelimit/config.yaml"))[0];
+    let policy = &documents(&file)[0];
+    let rules = policy["spec"]["rateLimit"]["global"]["rules"]
+        .as_array()
+        .unwrap();
+    let descriptors = local["descriptors"].as_array().unwrap();
+    assert_eq!(rules.len(), descriptors.len());
+    for (rule, descriptor) in rules.iter().zip(descriptors) {
+        assert_eq!(
+            rule["clientSelectors"][0]["headers"][0]["value"],
+            descriptor["value"]
+        );
+        assert_eq!(
+            rule["limit"]["requests"],
+            descriptor["rate_limit"]["requests_per_unit"]
+        );
+        assert_eq!(rule["cost"]["request"]["number"], 0);
+    }
+}
