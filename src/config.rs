@@ -4,6 +4,7 @@
 //! with an error that names the field, so a bad configuration never loads.
 
 use crate::response::labels::{check_label, ModelLabels};
+use crate::response::StateKeys;
 use serde::Deserialize;
 use std::fmt;
 
@@ -57,6 +58,9 @@ pub struct ResponseSettings {
     /// requests without `stream_options` (default false): their clients then receive one more
     /// chunk, with the usage and no choices, that they did not ask for.
     pub add_include_usage: bool,
+    /// The per-request values published as filter state (default none: each key costs Envoy
+    /// about as much as the rest of the response side together).
+    pub filter_state: StateKeys,
 }
 
 impl Default for ResponseSettings {
@@ -64,6 +68,7 @@ impl Default for ResponseSettings {
         Self {
             usage: true,
             add_include_usage: false,
+            filter_state: StateKeys::default(),
         }
     }
 }
@@ -264,6 +269,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::response::StateKey;
 
     fn error(config: &str) -> ConfigError {
         Settings::parse(config.as_bytes()).expect_err(config)
@@ -283,6 +289,7 @@ mod tests {
         assert!(defaults.models.is_empty());
         assert!(defaults.response.usage);
         assert!(!defaults.response.add_include_usage);
+        assert!(defaults.response.filter_state.is_empty());
     }
 
     #[test]
@@ -291,7 +298,8 @@ mod tests {
             br#"{"header":"x-model","paths":["/v2/chat"],"max_body_bytes":1024,
                  "max_model_bytes":64,"missing_model":"pass_through",
                  "models":[{"name":"a/b:c.d"},{"name":"e"}],
-                 "response":{"usage":false,"add_include_usage":true}}"#,
+                 "response":{"usage":false,"add_include_usage":true,
+                             "filter_state":["total_tokens","response_model"]}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -310,7 +318,10 @@ mod tests {
                 ],
                 response: ResponseSettings {
                     usage: false,
-                    add_include_usage: true
+                    add_include_usage: true,
+                    filter_state: [StateKey::TotalTokens, StateKey::ResponseModel]
+                        .into_iter()
+                        .collect(),
                 },
             }
         );
@@ -341,6 +352,9 @@ mod tests {
         assert!(error(r#"{"response":{"tokens":true}}"#)
             .reason
             .contains("unknown field `tokens`"));
+        assert!(error(r#"{"response":{"filter_state":["tokens"]}}"#)
+            .reason
+            .contains("unknown variant `tokens`"));
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Host calls the SDK does not offer, and the one `unsafe` block of the filter.
+//! Host calls the SDK does not offer as the filter needs them, and the filter's `unsafe`.
 //!
 //! proxy-wasm-rust-sdk's `send_http_response` passes an empty response-code detail, so
-//! refusals would be anonymous in Envoy's access logs; the ABI call itself takes one, so the
-//! filter calls it directly.
+//! refusals would be anonymous in Envoy's access logs; the ABI call itself takes one. And the
+//! SDK turns a header map into two allocations per header; read in place it costs none.
 
 use crate::reply::LocalReply;
-use proxy_wasm::types::Status;
+use crate::request::header_map::HeaderMap;
+use proxy_wasm::types::{MapType, Status};
 
 /// Sends `reply` as Envoy's local reply, with its response-code detail.
 pub fn send_local_reply(reply: &LocalReply) {
@@ -27,6 +28,21 @@ pub fn send_local_reply(reply: &LocalReply) {
     };
     if status != Status::Ok {
         log::error!("local reply failed: {status:?}");
+    }
+}
+
+/// Every header of `map` in one host call, left serialized (see [`HeaderMap`]).
+pub fn header_map(map: MapType) -> HeaderMap {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated in this VM's memory
+    // through the module's allocator, which hands their ownership to us, so the Vec may own
+    // and free them; a null pointer means no map.
+    unsafe {
+        if proxy_get_header_map_pairs(map, &mut data, &mut size) != Status::Ok || data.is_null() {
+            return HeaderMap::default();
+        }
+        HeaderMap(Vec::from_raw_parts(data, size, size))
     }
 }
 
@@ -63,6 +79,12 @@ fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,

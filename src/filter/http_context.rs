@@ -8,16 +8,16 @@
 //! Envoy keeps the client's HTTP/1.1 connection.
 
 use super::gen_ai_metrics::Labels;
-use super::host::send_local_reply;
+use super::host::{header_map, send_local_reply};
 use super::plugin::Plugin;
 use crate::request::stream_options::include_usage_edit;
 use crate::request::{
     inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Route,
 };
-use crate::response::{state, Api, ResponseModel, ResponseObserver, StatusClass, Timing};
+use crate::response::{Api, ResponseModel, ResponseObserver, StateKey, StatusClass, Timing};
 use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -97,7 +97,7 @@ impl ModelRouterStream {
                     self.add_include_usage(include_usage_edit(shape, body_length));
                 }
                 if settings.response.usage {
-                    self.set_property(vec![state::REQUEST_MODEL], Some(&model));
+                    self.publish(StateKey::RequestModel, &model);
                     self.watch = Some(Watch {
                         api: self.api,
                         model,
@@ -220,21 +220,22 @@ impl ModelRouterStream {
             .record(&labels, &metric_labels, &report, &watch.timing);
         drop(labels);
         if let ResponseModel::Name(name) = &report.model {
-            self.set_property(vec![state::RESPONSE_MODEL], Some(name.as_bytes()));
+            self.publish(StateKey::ResponseModel, name.as_bytes());
         }
         let usage = &report.usage;
         for (key, value) in [
-            (state::INPUT_TOKENS, usage.input),
-            (state::OUTPUT_TOKENS, usage.output),
-            (state::CACHED_TOKENS, usage.cached),
-            (state::TOTAL_TOKENS, usage.total),
+            (StateKey::InputTokens, usage.input),
+            (StateKey::OutputTokens, usage.output),
+            (StateKey::CachedTokens, usage.cached),
+            (StateKey::TotalTokens, usage.total),
             (
-                state::TIME_TO_FIRST_TOKEN_MS,
+                StateKey::TimeToFirstTokenMs,
                 watch.timing.time_to_first_token_ms(),
             ),
         ] {
-            if let Some(value) = value {
-                self.set_property(vec![key], Some(value.to_string().as_bytes()));
+            let wanted = plugin.settings.response.filter_state.contains(key);
+            if let Some(value) = value.filter(|_| wanted) {
+                self.set_property(vec![key.key()], Some(value.to_string().as_bytes()));
             }
         }
         debug!(
@@ -243,6 +244,13 @@ impl ModelRouterStream {
             report.usage,
             report.problems.iter().collect::<Vec<_>>()
         );
+    }
+
+    /// Sets filter state `wasm.<key>` if the configuration asks for that key.
+    fn publish(&self, key: StateKey, value: &[u8]) {
+        if self.plugin.settings.response.filter_state.contains(key) {
+            self.set_property(vec![key.key()], Some(value));
+        }
     }
 
     fn reply(&mut self, rejection: &Rejection) -> Action {
@@ -256,25 +264,11 @@ impl ModelRouterStream {
 
 impl Context for ModelRouterStream {}
 
-/// The request headers, read from Envoy in one host call: cheaper than one call per header
-/// the decision looks at (each call also re-enters the VM to allocate its answer).
-struct HeaderList(Vec<(String, Vec<u8>)>);
-
-impl RequestHeaders for HeaderList {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        // Envoy hands header names over in lowercase.
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_slice())
-    }
-}
-
 impl HttpContext for ModelRouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
         let header = &plugin.settings.header;
-        let headers = HeaderList(self.get_http_request_headers_bytes());
+        let headers = header_map(MapType::HttpRequestHeaders);
         self.api = headers.header(":path").map_or(Api::Other, Api::from_path);
         // The body is the only source of the routing header.
         if headers.header(header).is_some() {
@@ -329,7 +323,7 @@ impl HttpContext for ModelRouterStream {
             return Action::Continue;
         }
         // One host call for all of them: each call costs more than the headers' bytes.
-        let headers = HeaderList(self.get_http_response_headers_bytes());
+        let headers = header_map(MapType::HttpResponseHeaders);
         let status = headers
             .header(":status")
             .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())

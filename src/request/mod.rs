@@ -4,6 +4,7 @@
 //! [`json`] finds the model in a JSON body; [`rejection`] names every refusal;
 //! [`stream_options`] adds `include_usage` to streaming requests when configured.
 
+pub mod header_map;
 pub mod json;
 mod rejection;
 pub mod stream_options;

@@ -16,20 +16,78 @@ pub mod usage;
 pub use observer::ResponseObserver;
 use usage::{Field, ModelName};
 
-/// Filter state keys (`%FILTER_STATE(wasm.<key>:PLAIN)%`), set when the response ends; a
-/// value the response did not give is not set.
-pub mod state {
-    /// The model the request asked for (set when it is routed).
-    pub const REQUEST_MODEL: &str = "model_router.request_model";
+/// The per-request values the filter can publish as filter state, for access logs
+/// (`%FILTER_STATE(wasm.model_router.<key>:PLAIN)%`) and token budgets. Only the keys the
+/// configuration lists are set (`response.filter_state`): each costs Envoy about as much as
+/// the rest of the response side together, so none is set by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKey {
+    /// The model the request asked for (set when it is routed; the routing header carries it
+    /// too, `%REQ(X-AI-EG-MODEL)%`).
+    RequestModel,
     /// The model the response names.
-    pub const RESPONSE_MODEL: &str = "model_router.response_model";
-    pub const INPUT_TOKENS: &str = "model_router.input_tokens";
-    pub const OUTPUT_TOKENS: &str = "model_router.output_tokens";
-    pub const CACHED_TOKENS: &str = "model_router.cached_tokens";
+    ResponseModel,
+    InputTokens,
+    OutputTokens,
+    CachedTokens,
     /// Input plus output: the amount a token budget charges.
-    pub const TOTAL_TOKENS: &str = "model_router.total_tokens";
+    TotalTokens,
     /// Milliseconds from the end of the request to the first content.
-    pub const TIME_TO_FIRST_TOKEN_MS: &str = "model_router.time_to_first_token_ms";
+    TimeToFirstTokenMs,
+}
+
+impl StateKey {
+    pub const ALL: [Self; 7] = [
+        Self::RequestModel,
+        Self::ResponseModel,
+        Self::InputTokens,
+        Self::OutputTokens,
+        Self::CachedTokens,
+        Self::TotalTokens,
+        Self::TimeToFirstTokenMs,
+    ];
+
+    /// The filter state key, under Envoy's `wasm.` prefix.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::RequestModel => "model_router.request_model",
+            Self::ResponseModel => "model_router.response_model",
+            Self::InputTokens => "model_router.input_tokens",
+            Self::OutputTokens => "model_router.output_tokens",
+            Self::CachedTokens => "model_router.cached_tokens",
+            Self::TotalTokens => "model_router.total_tokens",
+            Self::TimeToFirstTokenMs => "model_router.time_to_first_token_ms",
+        }
+    }
+}
+
+/// A set of [`StateKey`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateKeys(u8);
+
+impl StateKeys {
+    pub fn contains(self, key: StateKey) -> bool {
+        self.0 & 1 << key as u8 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<StateKey> for StateKeys {
+    fn from_iter<I: IntoIterator<Item = StateKey>>(keys: I) -> Self {
+        Self(keys.into_iter().fold(0, |set, key| set | 1 << key as u8))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<StateKey>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
 }
 
 /// The API a request path belongs to, by its last segments (`/v1/...`, `/openai/v1/...`).
@@ -404,5 +462,16 @@ mod tests {
         assert_eq!(Timing::default().time_to_first_token_ms(), None);
         assert_eq!(StatusClass::of(204).as_str(), "2xx");
         assert_eq!(StatusClass::of(429).as_str(), "4xx");
+    }
+
+    #[test]
+    fn state_keys_are_a_set_read_from_their_names() {
+        let keys: StateKeys = serde_json::from_str(r#"["total_tokens", "input_tokens"]"#).unwrap();
+        for key in StateKey::ALL {
+            let wanted = matches!(key, StateKey::TotalTokens | StateKey::InputTokens);
+            assert_eq!(keys.contains(key), wanted, "{key:?}");
+            assert!(key.key().starts_with("model_router."));
+        }
+        assert!(StateKeys::default().is_empty());
     }
 }

@@ -21,7 +21,7 @@ testkit::cases!(World;
 fn gateway(world: &World) -> Result<Envoy, String> {
     let config = json!({
         "models": [{"name": MISTRAL}],
-        "response": {"usage": true, "add_include_usage": true},
+        "response": {"usage": true, "add_include_usage": true, "filter_state": crate::usage::ACCESS_LOG_STATE},
     });
     let _guard = world.runtime.enter();
     LocalGateway::new(&world.backends)?

@@ -41,7 +41,7 @@ pub struct Usage {
 pub fn sdk_plugin_config(models: &[&str]) -> String {
     json!({
         "models": models.iter().map(|m| json!({"name": m})).collect::<Vec<_>>(),
-        "response": {"usage": true, "add_include_usage": true},
+        "response": {"usage": true, "add_include_usage": true, "filter_state": crate::usage::ACCESS_LOG_STATE},
     })
     .to_string()
 }

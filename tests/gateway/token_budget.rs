@@ -148,6 +148,8 @@ fn start(world: &World, budget: u64) -> Result<Budgets, String> {
                 &route("some-cool-self-hosted-model", "*retry_elsewhere"),
             )?
             .edit("  clusters:\n", &cluster)?
+            // The budget charges what the filter publishes as total_tokens.
+            .plugin_config(r#"{"response": {"filter_state": ["total_tokens"]}}"#)?
             .start()?
     };
     Ok(Budgets {

@@ -13,6 +13,16 @@ use testkit::envoy::{Envoy, LocalGateway};
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN};
 use testkit::{ensure, Outcome};
 
+/// The filter-state keys envoy.yaml's access log prints, which the cases that start their own
+/// gateway ask for too.
+pub const ACCESS_LOG_STATE: [&str; 5] = [
+    "response_model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "time_to_first_token_ms",
+];
+
 testkit::cases!(World;
     every_api_counts_tokens_per_model_in_both_modes,
     streams_without_include_usage_count_latency_but_no_tokens,
@@ -300,7 +310,7 @@ fn answers_are_counted_by_status_class(world: &World) -> Outcome {
 
 /// A gateway whose filter lists only `models` (none: no list).
 fn gateway_listing(world: &World, models: &[&str]) -> Result<Envoy, String> {
-    let mut config = json!({"response": {"usage": true}});
+    let mut config = json!({"response": {"usage": true, "filter_state": ACCESS_LOG_STATE}});
     if !models.is_empty() {
         config["models"] = models.iter().map(|m| json!({"name": m})).collect();
     }
