@@ -187,7 +187,7 @@ run_gateway() {
 
 # What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
 ensure_test_tools() {
-  apt_install wrk skopeo docker-registry
+  apt_install wrk skopeo docker-registry valgrind
   if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
     log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
     python3 -m venv .venv-litellm

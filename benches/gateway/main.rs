@@ -21,6 +21,7 @@
 //! `./build.sh test`) runs one short round of every variant and workload, writing nothing.
 //! `--response-only` runs the response side's measurement alone (with `--smoke`, briefly).
 
+mod instructions;
 mod load;
 mod report;
 mod response_cost;
@@ -148,7 +149,22 @@ fn main() -> std::process::ExitCode {
         runs: &runs,
     };
     let versions = versions(&tools);
-    let markdown = report::markdown(&summary, &memory, seconds, &versions);
+    let counts = instructions::count(
+        &runtime,
+        backend,
+        &tools.wasm,
+        &dir,
+        if smoke { 20 } else { 2000 },
+    );
+    let kib = workloads
+        .iter()
+        .position(|w| w.size == 1024 && !w.model_last)
+        .unwrap();
+    let header_cpu = summary
+        .value(kib, Variant::Header, |r| r.throughput.cpu_ms_per_1k)
+        .median;
+    let instructions = instructions::markdown(&counts, header_cpu);
+    let markdown = report::markdown(&summary, &memory, &instructions, seconds, &versions);
     if smoke {
         println!("{markdown}");
     } else {

@@ -133,29 +133,32 @@ fn first_line(command: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// What variants 2 and 2a ask of Envoy per 1 KiB request, read off src/filter/ (the SDK
-/// makes no host call of its own per request): the difference their CPU must explain.
+/// What the filter asks of Envoy per 1 KiB request, read off src/filter/ (the SDK makes no
+/// host call of its own per request): the difference the counts and CPU must explain.
 const HOST_CALLS: &str = "\
-| per request (1 KiB body in one read, HTTP/1.1) | 2a: path not scanned | 2: routed |
-|---|---|---|
-| VM entries by Envoy (context, headers, body x2, response, log, done, delete) | same | same |
-| `proxy_get_header_map_pairs` (all request headers in one call) | 1 | 1 |
-| `proxy_get_buffer_bytes` (the body, one 1 KiB copy into the VM) | 0 | 1 |
-| `proxy_replace_header_map_value` (the routing header) | 0 | 1 |
-| `proxy_increment_metric` (skipped / routed) | 1 | 1 |
-| host calls in all | 2 | 4 |
-| VM re-entries to allocate a host call's answer | 1 | 2 |
-| body bytes scanned | 0 | 1,024 |
+| per request (1 KiB body in one read, HTTP/1.1) | 2a: path not scanned | 2: routing | 2: response side (default) |
+|---|---|---|---|
+| VM entries by Envoy (context, headers, body x2, response headers and body, log, done, delete) | all | all | all |
+| header map read in one call (`proxy_get_header_map_pairs`), answer allocated in the VM | 1 | 1 | +1 (response) |
+| body read (`proxy_get_buffer_bytes`), answer allocated in the VM | 0 | 1 | +1 per response chunk |
+| routing header set (`proxy_replace_header_map_value`), Envoy re-matches the route | 0 | 1 | 0 |
+| counters and histograms (`proxy_increment_metric`, `proxy_record_metric`) | 1 | 1 | +4 to 6 |
+| clock (`proxy_get_current_time_nanoseconds`) | 0 | 0 | +2 or 3 |
+| filter state (`proxy_set_property`) | 0 | 0 | one per `response.filter_state` key (none by default) |
+| bytes scanned in the VM | 0 | 1,024 | the answer's |
 
-Before this measurement the filter looked up four headers one call each (the client's routing
-header, `:path`, `content-encoding`, `content-length`): 7 host calls for a routed request and 3
-for a skipped one.
+Every host call whose answer Envoy copies into the VM (a header map, a body) costs Envoy about
+8,000 instructions whatever its size: proxy-wasm-cpp-host's `WasmBase::allocMemory` calls into
+the VM's allocator and, around it, builds a set of five allowed host-call names each time. A
+routed request needs two (its headers and its body), the do-nothing filter one; the response
+side two more (its headers and each body chunk). A filter state value costs about 10,000.
 ";
 
 /// The markdown report. `memory` is the filter's linear memory after bodies of growing size.
 pub fn markdown(
     summary: &Summary,
     memory: &[(String, u64)],
+    instructions: &str,
     seconds: u64,
     versions: &[(&str, String)],
 ) -> String {
@@ -225,7 +228,7 @@ pub fn markdown(
                 .show(1),
         );
     }
-    let _ = writeln!(out, "\n{HOST_CALLS}");
+    let _ = writeln!(out, "\n{instructions}\n{HOST_CALLS}");
     let _ = writeln!(out, "## The filter's memory\n\n| body (model last, 20 requests) | wasm linear memory |\n|---|---:|");
     for (label, bytes) in memory {
         let _ = writeln!(out, "| {label} | {bytes} bytes |");

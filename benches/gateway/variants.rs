@@ -155,7 +155,11 @@ fn variant_filter(variant: Variant, wasm: &Path) -> String {
 }
 
 /// The benchmark's Envoy configuration with `filter` (YAML at indent 0) before the router.
-fn envoy_with_filter(filter: &str, backend: SocketAddr, processor: Option<SocketAddr>) -> String {
+pub fn envoy_with_filter(
+    filter: &str,
+    backend: SocketAddr,
+    processor: Option<SocketAddr>,
+) -> String {
     let routes: String = MODELS
         .iter()
         .map(|m| {
