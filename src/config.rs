@@ -3,18 +3,23 @@
 //! An empty configuration means every default. Unknown fields and bad values are refused
 //! with an error that names the field, so a bad configuration never loads.
 
+use crate::catalogue::{Catalogue, DEFAULT_OWNED_BY};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Header set from the body, the one Envoy AI Gateway's route rules match on.
 pub const DEFAULT_HEADER: &str = "x-ai-eg-model";
-/// The OpenAI- and Anthropic-style APIs whose bodies name a model.
-pub const DEFAULT_PATHS: [&str; 5] = [
+/// The OpenAI- and Anthropic-style APIs whose bodies name a model (the audio ones in a
+/// `multipart/form-data` field).
+pub const DEFAULT_PATHS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
     "/v1/messages",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
 ];
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_MODEL_BYTES: usize = 256;
@@ -32,6 +37,47 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     max_model_bytes: Option<usize>,
     missing_model: Option<MissingModel>,
+    models: Option<Vec<ModelEntry>>,
+    unknown_models: Option<UnknownModels>,
+}
+
+/// One model of the catalogue, as configured (see [`Catalogue`] for what is checked).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The canonical name: the routing header's value, the id in `/v1/models`.
+    pub name: String,
+    /// Other names a body may use for this model; they route as the name does.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The name the backend knows the model by, written into the body when the body names
+    /// the model otherwise (by an alias, or by `name` when this differs). Default: `name`.
+    #[serde(default)]
+    pub upstream_name: Option<String>,
+    /// Headers set on the upstream request of this model (e.g. a LoRA adapter's base model).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `owned_by` in `/v1/models`.
+    #[serde(default = "default_owned_by")]
+    pub owned_by: String,
+    /// `created` in `/v1/models`, Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+}
+
+fn default_owned_by() -> String {
+    DEFAULT_OWNED_BY.to_owned()
+}
+
+/// What to do with a body whose model is not in the catalogue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModels {
+    /// Route by the name as sent; the route table decides (default).
+    #[default]
+    PassThrough,
+    /// Refuse with 404 `model_not_found`: no route or backend is consulted.
+    Reject,
 }
 
 /// What to do with a scanned body whose top-level object has no `model` key.
@@ -53,6 +99,9 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub max_model_bytes: usize,
     pub missing_model: MissingModel,
+    /// The models served; empty when the configuration lists none.
+    pub catalogue: Catalogue,
+    pub unknown_models: UnknownModels,
 }
 
 impl Default for Settings {
@@ -63,6 +112,8 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             missing_model: MissingModel::Reject,
+            catalogue: Catalogue::default(),
+            unknown_models: UnknownModels::PassThrough,
         }
     }
 }
@@ -70,13 +121,13 @@ impl Default for Settings {
 /// A configuration that cannot load, with the field at fault where there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.field {
+        match &self.field {
             Some(field) => write!(
                 f,
                 "invalid plugin configuration: field `{field}`: {}",
@@ -89,9 +140,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
-        field: Some(field),
+        field: Some(field.into()),
         reason: reason.into(),
     }
 }
@@ -112,35 +163,34 @@ impl Settings {
             serde_json::from_slice(config).map_err(unparsable)?;
         let raw = RawConfig::deserialize(serde_json::Value::Object(object)).map_err(unparsable)?;
         let defaults = Self::default();
-        let settings = Self {
+        let mut settings = Self {
             header: raw.header.unwrap_or(defaults.header),
             paths: raw.paths.unwrap_or(defaults.paths),
             max_body_bytes: raw.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_model_bytes: raw.max_model_bytes.unwrap_or(defaults.max_model_bytes),
             missing_model: raw.missing_model.unwrap_or(defaults.missing_model),
+            catalogue: defaults.catalogue,
+            unknown_models: raw.unknown_models.unwrap_or(defaults.unknown_models),
         };
         settings.validate()?;
+        // After the fields it is checked against.
+        settings.catalogue = Catalogue::new(
+            raw.models.unwrap_or_default(),
+            settings.max_model_bytes,
+            &settings.header,
+        )
+        .map_err(|e| invalid(e.field, e.reason))?;
+        if settings.unknown_models == UnknownModels::Reject && settings.catalogue.is_empty() {
+            return Err(invalid(
+                "unknown_models",
+                "\"reject\" needs a catalogue: list the served models in `models`",
+            ));
+        }
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.header.is_empty() {
-            return Err(invalid("header", "must not be empty"));
-        }
-        if let Some(bad) = self
-            .header
-            .bytes()
-            .find(|&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)))
-        {
-            return Err(invalid(
-                "header",
-                format!(
-                    "{:?} must be a lowercase header name (a-z, 0-9, '-', '_', '.'), found {:?}",
-                    self.header,
-                    char::from(bad)
-                ),
-            ));
-        }
+        check_header_name(&self.header).map_err(|reason| invalid("header", reason))?;
         if self.paths.is_empty() {
             return Err(invalid("paths", "must list at least one path"));
         }
@@ -185,6 +235,23 @@ impl Settings {
     }
 }
 
+/// A header name the filter may set: lowercase, so that Envoy's header map matches it.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(bad) = name
+        .bytes()
+        .find(|&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)))
+    {
+        return Err(format!(
+            "{name:?} must be a lowercase header name (a-z, 0-9, '-', '_', '.'), found {:?}",
+            char::from(bad)
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,19 +267,44 @@ mod tests {
         }
         let defaults = Settings::default();
         assert_eq!(defaults.header, "x-ai-eg-model");
-        assert_eq!(defaults.paths.len(), 5);
+        assert_eq!(defaults.paths.len(), 7);
+        assert!(defaults.scans_path(b"/v1/audio/transcriptions"));
+        assert!(defaults.scans_path(b"/v1/audio/translations"));
         assert_eq!(defaults.max_body_bytes, 8 << 20);
         assert_eq!(defaults.max_model_bytes, 256);
         assert_eq!(defaults.missing_model, MissingModel::Reject);
+        assert!(defaults.catalogue.is_empty());
+        assert_eq!(defaults.unknown_models, UnknownModels::PassThrough);
     }
 
     #[test]
     fn every_field_can_be_set() {
         let settings = Settings::parse(
             br#"{"header":"x-model","paths":["/v2/chat"],"max_body_bytes":1024,
-                 "max_model_bytes":64,"missing_model":"pass_through"}"#,
+                 "max_model_bytes":64,"missing_model":"pass_through",
+                 "models":[{"name":"gpt-4o","aliases":["gpt-4o-old"],"upstream_name":"llama",
+                            "headers":{"x-gateway-base-model-name":"llama"},"owned_by":"me",
+                            "created":1700000000},
+                           {"name":"m"}],
+                 "unknown_models":"reject"}"#,
         )
         .unwrap();
+        let gpt = ModelEntry {
+            name: "gpt-4o".into(),
+            aliases: vec!["gpt-4o-old".into()],
+            upstream_name: Some("llama".into()),
+            headers: BTreeMap::from([("x-gateway-base-model-name".into(), "llama".into())]),
+            owned_by: "me".into(),
+            created: 1_700_000_000,
+        };
+        let m = ModelEntry {
+            name: "m".into(),
+            aliases: vec![],
+            upstream_name: None,
+            headers: BTreeMap::new(),
+            owned_by: "model-router".into(),
+            created: 0,
+        };
         assert_eq!(
             settings,
             Settings {
@@ -221,6 +313,8 @@ mod tests {
                 max_body_bytes: 1024,
                 max_model_bytes: 64,
                 missing_model: MissingModel::PassThrough,
+                catalogue: Catalogue::new(vec![gpt, m], 64, "x-model").unwrap(),
+                unknown_models: UnknownModels::Reject,
             }
         );
     }
@@ -240,6 +334,13 @@ mod tests {
             .reason
             .contains("invalid type: sequence, expected a map"));
         assert!(error("{").reason.contains("EOF"));
+        assert!(error(r#"{"models":[{"name":"a","alias":["b"]}]}"#)
+            .reason
+            .contains("unknown field `alias`"));
+        assert!(error(r#"{"models":["a"]}"#).reason.contains("invalid type"));
+        assert!(error(r#"{"unknown_models":"drop"}"#)
+            .reason
+            .contains("unknown variant `drop`"));
     }
 
     #[test]
@@ -256,10 +357,24 @@ mod tests {
             (r#"{"max_body_bytes":2147483648}"#, "max_body_bytes"),
             (r#"{"max_model_bytes":0}"#, "max_model_bytes"),
             (r#"{"max_model_bytes":4097}"#, "max_model_bytes"),
+            (r#"{"models":[{"name":"a"},{"name":""}]}"#, "models[1].name"),
+            (
+                r#"{"models":[{"name":"a"},{"name":"b","aliases":["a"]}]}"#,
+                "models[1].aliases[0]",
+            ),
+            (
+                r#"{"max_model_bytes":3,"models":[{"name":"abcd"}]}"#,
+                "models[0].name",
+            ),
+            (
+                r#"{"header":"x-m","models":[{"name":"a","headers":{"x-m":"b"}}]}"#,
+                "models[0].headers.x-m",
+            ),
+            (r#"{"unknown_models":"reject"}"#, "unknown_models"),
         ];
         for (config, field) in cases {
             let error = error(config);
-            assert_eq!(error.field, Some(field), "{config}");
+            assert_eq!(error.field.as_deref(), Some(field), "{config}");
             assert!(error.to_string().contains(&format!("field `{field}`")));
         }
     }

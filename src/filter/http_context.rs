@@ -1,5 +1,6 @@
-//! The per-stream context: strips any client-sent routing header, holds the request while
-//! its body is scanned, then sets the header or replies.
+//! The per-stream context: strips any client-sent header the filter owns, answers the model
+//! list, holds the request while its body is scanned, then sets the headers (rewriting the
+//! body's model when the backend knows it by another name) or replies.
 //!
 //! Envoy clears the route cache whenever a wasm filter changes the request headers, so the
 //! route is matched again with the header as set (or removed); the gateway tests prove it.
@@ -8,8 +9,9 @@
 
 use super::host::send_local_reply;
 use super::plugin::Plugin;
+use crate::request::rewrite::{self, BodyBuffer};
 use crate::request::{
-    inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Route,
+    inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Rewrite, Route,
 };
 use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -56,15 +58,25 @@ impl ModelRouterStream {
         Ok(())
     }
 
-    /// Ends the scan: sets the routing header, or replies with the refusal.
+    /// Ends the scan: sets the routing header (and the model's, and rewrites the body's model
+    /// if need be), or replies with the refusal.
     fn route(&mut self, router: BodyRouter) -> Action {
-        self.plugin.metrics.record_memory();
-        match router.finish() {
-            Ok(Route::Model(model)) => {
-                let settings = &self.plugin.settings;
-                self.set_http_request_header_bytes(&settings.header, Some(&model));
-                self.plugin.metrics.routed();
-                debug!("routed model {:?}", String::from_utf8_lossy(&model));
+        let plugin = Rc::clone(&self.plugin);
+        plugin.metrics.record_memory();
+        let body_len = router.scanned();
+        match router.finish(&plugin.settings.catalogue) {
+            Ok(Route::Model(routed)) => {
+                if let Some(change) = &routed.rewrite {
+                    if let Err(rejection) = self.rewrite(body_len, change) {
+                        return self.reply(&rejection);
+                    }
+                }
+                self.set_http_request_header_bytes(&plugin.settings.header, Some(&routed.model));
+                for (name, value) in routed.entry.iter().flat_map(|e| &e.headers) {
+                    self.set_http_request_header(name, Some(value));
+                }
+                plugin.metrics.routed();
+                debug!("routed model {:?}", String::from_utf8_lossy(&routed.model));
                 Action::Continue
             }
             Ok(Route::Unrouted) => {
@@ -105,6 +117,32 @@ impl ModelRouterStream {
         }
     }
 
+    /// Replaces the body's model value in Envoy's buffer and sets the content length to match.
+    fn rewrite(&mut self, body_len: u64, change: &Rewrite) -> Result<(), Rejection> {
+        let mut body = RequestBody {
+            stream: self,
+            len: body_len,
+        };
+        let copied = rewrite::replace(
+            &mut body,
+            body_len,
+            change.value.clone(),
+            &change.replacement,
+        )
+        .map_err(|_| Rejection::RewriteFailed)?;
+        let new_len = body.len;
+        // Envoy forwards the content-length it was sent: it must say the new length.
+        if self.get_http_request_header("content-length").is_some() {
+            self.set_http_request_header("content-length", Some(&new_len.to_string()));
+        }
+        self.plugin.metrics.rewritten();
+        debug!(
+            "rewrote the model at {:?} ({} bytes copied out, {} back); body now {new_len} bytes",
+            change.value, copied.out, copied.back
+        );
+        Ok(())
+    }
+
     fn reply(&mut self, rejection: &Rejection) -> Action {
         self.stage = Stage::Forwarding;
         self.plugin.metrics.rejected(rejection.code());
@@ -115,6 +153,32 @@ impl ModelRouterStream {
 }
 
 impl Context for ModelRouterStream {}
+
+/// The request body in Envoy's buffer, for [`rewrite::replace`]; `len` follows the edits.
+struct RequestBody<'a> {
+    stream: &'a ModelRouterStream,
+    len: u64,
+}
+
+impl BodyBuffer for RequestBody<'_> {
+    fn read(&mut self, start: u64, len: usize) -> Vec<u8> {
+        self.stream
+            .get_http_request_body(start as usize, len)
+            .unwrap_or_default()
+    }
+
+    fn replace_front(&mut self, drain: u64, data: &[u8]) {
+        self.stream.set_http_request_body(0, drain as usize, data);
+        self.len = self.len - drain + data.len() as u64;
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        // Envoy appends when the offset is at or past the end.
+        self.stream
+            .set_http_request_body(self.len as usize, 0, data);
+        self.len += data.len() as u64;
+    }
+}
 
 /// The request headers, read from Envoy in one host call: cheaper than one call per header
 /// the decision looks at (each call also re-enters the VM to allocate its answer).
@@ -133,18 +197,24 @@ impl RequestHeaders for HeaderList {
 impl HttpContext for ModelRouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
-        let header = &plugin.settings.header;
         let headers = HeaderList(self.get_http_request_headers_bytes());
-        // The body is the only source of the routing header.
-        if headers.header(header).is_some() {
-            self.set_http_request_header(header, None);
-            plugin.metrics.client_header_removed();
-            debug!("removed client-sent {header} header");
+        // The body (and the catalogue) are the only source of these headers.
+        for header in &plugin.owned_headers {
+            if headers.header(header).is_some() {
+                self.set_http_request_header(header, None);
+                plugin.metrics.client_header_removed();
+                debug!("removed client-sent {header} header");
+            }
         }
         match inspect_head(&plugin.settings, &headers, end_of_stream) {
             HeadVerdict::Skip => {
                 plugin.metrics.skipped();
                 Action::Continue
+            }
+            HeadVerdict::Models(request) => {
+                plugin.metrics.models_answered();
+                send_local_reply(&request.answer(&plugin.settings.catalogue));
+                Action::Pause
             }
             HeadVerdict::Scan(router) => {
                 self.stage = Stage::Scanning(router);

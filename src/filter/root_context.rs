@@ -39,10 +39,11 @@ impl RootContext for ModelRouterRoot {
             }
         };
         info!(
-            "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
-            settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model
+            "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?}; catalogue of {} models, unknown models: {:?})",
+            settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model,
+            settings.catalogue.models().len(), settings.unknown_models
         );
-        self.plugin = Some(Rc::new(Plugin { settings, metrics }));
+        self.plugin = Some(Rc::new(Plugin::new(settings, metrics)));
         true
     }
 
