@@ -21,6 +21,8 @@ ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
 OHA_VERSION=1.16.0
 CARGO_FUZZ_VERSION=0.13.2
+# The OpenAI Python SDK the gateway tests drive the gateway with (.venv-clients).
+OPENAI_SDK_VERSION=3.57.0
 # Go programs, built from their own modules at these versions into target/tools/bin.
 YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
@@ -205,11 +207,22 @@ ensure_test_tools() {
     OHA_BIN="$PWD/$TOOLS/bin/oha"
 }
 
-# The gateway suites need the filter, Envoy and yq only.
+# The OpenAI Python SDK at a pinned version, in its own venv.
+ensure_python_clients() {
+  if ! .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$"; then
+    log "installing openai==$OPENAI_SDK_VERSION into .venv-clients"
+    python3 -m venv .venv-clients
+    .venv-clients/bin/pip install --quiet "openai==$OPENAI_SDK_VERSION"
+  fi
+}
+
+# The gateway suites need the filter, Envoy, yq and the Python SDK clients.
 ensure_gateway_tools() {
   build_wasm
   ensure_envoy
-  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq"
+  ensure_python_clients
+  export MODEL_ROUTER_WASM="$PWD/$WASM" ENVOY_BIN="$ENVOY" YQ_BIN="$PWD/$TOOLS/bin/yq" \
+    SDK_PYTHON="$PWD/.venv-clients/bin/python"
 }
 
 run_bench() {
@@ -322,7 +335,7 @@ run_tests() {
   suite fmt cargo fmt --all -- --check
   suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
   suite unit cargo test --locked --workspace --lib --bins
-  suite property cargo test --locked --workspace --test scanner
+  suite property cargo test --locked --workspace --test scanner --test multipart
   suite gateway cargo test --locked --workspace --test gateway
   if [ "$tier" = full ]; then
     suite k8s cargo test --locked --workspace --test k8s

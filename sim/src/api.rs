@@ -1,6 +1,7 @@
 //! The HTTP surface of a replica: routing a request to its answer, the model list, vLLM's
 //! `/metrics` gauges, embeddings, and the OpenAI error shape.
 
+use crate::audio::transcription;
 use crate::completion::completion;
 use crate::{Replica, SeenRequest, REPLICA_HEADER};
 use bytes::Bytes;
@@ -34,6 +35,11 @@ impl Drop for InFlight {
 pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Response<ResponseBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let headers = request
         .headers()
         .iter()
@@ -70,6 +76,10 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
     match (method, path.as_str()) {
         (Method::GET, "/v1/models") => models(&replica),
         (Method::GET, "/metrics") => metrics(&replica),
+        (Method::POST, "/v1/audio/transcriptions" | "/v1/audio/translations") => {
+            let translate = path.ends_with("translations");
+            transcription(&replica, &content_type, body, translate).await
+        }
         (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
             let request: Value = match serde_json::from_slice(&body) {
                 Ok(Value::Object(object)) => Value::Object(object),
@@ -108,7 +118,7 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
     }
 }
 
-fn full(
+pub fn full(
     status: StatusCode,
     content_type: &str,
     body: Bytes,
@@ -128,7 +138,7 @@ fn full(
     response
 }
 
-fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
+pub fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = status;

@@ -9,6 +9,8 @@
 mod catalogue;
 mod envoy_gateway_shaped;
 mod hardening;
+mod multipart;
+mod openai_sdk;
 mod refusals;
 mod reload;
 mod routing;
@@ -208,6 +210,8 @@ fn main() -> std::process::ExitCode {
     let cases = [
         routing::cases(),
         catalogue::cases(),
+        multipart::cases(),
+        openai_sdk::cases(),
         refusals::cases(),
         hardening::cases(),
         reload::cases(),
