@@ -43,6 +43,7 @@ pub struct Workload {
     pub size: usize,
     pub model_last: bool,
     pub file: PathBuf,
+    pub content_type: String,
 }
 
 impl Workload {
@@ -64,6 +65,7 @@ impl Workload {
                     size,
                     model_last,
                     file,
+                    content_type: "application/json".into(),
                 });
             }
         }
@@ -71,12 +73,13 @@ impl Workload {
     }
 }
 
-/// Sends the body file named by BENCH_BODY, with the routing header when BENCH_HEADER is set.
-const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
+/// Sends the body file named by BENCH_BODY as BENCH_CONTENT_TYPE, with the routing header when
+/// BENCH_HEADER is set.
+pub const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
 wrk.body = f:read("*a")
 f:close()
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 local model = os.getenv("BENCH_HEADER")
 if model ~= nil and model ~= "" then wrk.headers["x-ai-eg-model"] = model end
 "#;
@@ -134,6 +137,7 @@ pub fn run_wrk(
         .arg(&script)
         .arg(url)
         .env("BENCH_BODY", &workload.file)
+        .env("BENCH_CONTENT_TYPE", &workload.content_type)
         .env("BENCH_HEADER", header.unwrap_or(""))
         .output()
         .expect("run wrk");
@@ -189,7 +193,11 @@ pub fn run_oha(
             &format!("{seconds}s"),
         ])
         .args(["-q", &LATENCY_RATE.to_string(), "-c", "4", "-m", "POST"])
-        .args(["-H", "content-type: application/json", "-D"])
+        .args([
+            "-H",
+            &format!("content-type: {}", workload.content_type),
+            "-D",
+        ])
         .arg(&workload.file);
     if let Some(model) = header {
         command.args(["-H", &format!("x-ai-eg-model: {model}")]);

@@ -9,15 +9,21 @@
 //! 5. Envoy AI Gateway (`aigw run`): the incumbent, its external processor and Envoy;
 //! 6. litellm: LiteLLM proxy routing the same model names.
 //!
+//! Beside them (rewrite.rs): the filter with a catalogue, routing 1 MiB bodies that name the
+//! model as the backend does or by an alias that it rewrites in Envoy's buffer.
+//!
 //! Throughput: wrk, HTTP/1.1 keep-alive at fixed concurrency. Latency: oha at a low fixed rate.
 //! Every variant runs every workload once per round, in rounds interleaved so that a slow
 //! minute of this shared machine does not land on one variant only.
 //!
 //! `./build.sh bench` runs it in full and writes benches/results/; `--smoke` (part of
-//! `./build.sh test`) runs one short round of every variant and workload, writing nothing.
+//! `./build.sh test`) runs one short round of every variant and workload, writing nothing;
+//! `--rewrite-only` measures only the rewrite (its full rounds, or short with `--smoke`),
+//! writing nothing, with the filter, Envoy, llm-sim and wrk.
 
 mod load;
 mod report;
+mod rewrite;
 mod variants;
 
 use load::{run_oha, run_wrk, Workload};
@@ -47,16 +53,25 @@ pub struct Tools {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let rewrite_only = std::env::args().any(|a| a == "--rewrite-only");
     let (rounds, seconds) = if smoke { (1, 1) } else { (ROUNDS, 10) };
+    // Only what the variants run is required of a run that measures them.
+    let tool = |name| {
+        if rewrite_only {
+            PathBuf::new()
+        } else {
+            required_file(name)
+        }
+    };
     let tools = Tools {
         wasm: required_file("MODEL_ROUTER_WASM"),
         envoy: required_file("ENVOY_BIN"),
         sim: required_file("LLM_SIM_BIN"),
-        body_router: required_file("BODY_ROUTER_BIN"),
-        aigw: required_file("AIGW_BIN"),
-        litellm: required_file("LITELLM_BIN"),
+        body_router: tool("BODY_ROUTER_BIN"),
+        aigw: tool("AIGW_BIN"),
+        litellm: tool("LITELLM_BIN"),
         wrk: required_file("WRK_BIN"),
-        oha: required_file("OHA_BIN"),
+        oha: tool("OHA_BIN"),
     };
     let dir = std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,6 +82,21 @@ fn main() {
         sim.args(["--model", model]);
     }
     let (_backend, backend) = spawn_listening(&mut sim, "on http://").unwrap();
+    if rewrite_only {
+        let rewrite = rewrite::measure(backend, &tools, &dir, rounds, seconds);
+        println!("{}", rewrite.markdown(rounds, seconds));
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "bench rewrite: {} passed, {} failed",
+            rounds * rewrite::WORKLOADS - rewrite.failures.len(),
+            rewrite.failures.len()
+        );
+        if !rewrite.failures.is_empty() {
+            eprintln!("{}", rewrite.failures.join("\n"));
+            std::process::exit(1);
+        }
+        return;
+    }
     let workloads = Workload::all(&dir);
 
     let mut runs = Vec::new();
@@ -128,12 +158,16 @@ fn main() {
         runs.push(results);
     }
 
+    let rewrite = rewrite::measure(backend, &tools, &dir, rounds, seconds);
+    failures.extend(rewrite.failures.iter().cloned());
+
     let summary = Summary {
         workloads: &workloads,
         runs: &runs,
     };
     let versions = versions(&tools);
-    let markdown = report::markdown(&summary, &memory, seconds, &versions);
+    let mut markdown = report::markdown(&summary, &memory, seconds, &versions);
+    markdown.push_str(&rewrite.markdown(rounds, seconds));
     if smoke {
         println!("{markdown}");
     } else {
@@ -144,7 +178,7 @@ fn main() {
         println!("{markdown}\nwritten: benches/results/gateway.md, benches/results/gateway.svg");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let total = rounds * workloads.len() * Variant::ALL.len();
+    let total = rounds * (workloads.len() * Variant::ALL.len() + rewrite::WORKLOADS);
     println!(
         "bench {}: {} passed, {} failed",
         if smoke { "smoke" } else { "full" },

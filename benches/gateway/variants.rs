@@ -120,11 +120,12 @@ fn envoy_config(
     backend: SocketAddr,
     processor: Option<SocketAddr>,
     wasm: &Path,
+    plugin_config: &str,
 ) -> String {
     let filter = match variant {
         Variant::Header => String::new(),
         Variant::AiGateway | Variant::LiteLlm => unreachable!("{} runs no Envoy of ours", variant.name()),
-        Variant::Wasm => http_filter(wasm, "{}"),
+        Variant::Wasm => http_filter(wasm, plugin_config),
         Variant::WasmFloor => http_filter(
             wasm,
             r#"{"header":"x-not-routed","paths":["/scanned-nowhere"]}"#,
@@ -329,6 +330,25 @@ fn start_ai_gateway(backend: SocketAddr, tools: &Tools, dir: &Path) -> Proxy {
     }
 }
 
+/// The filter (variant 2) with `plugin_config`, for measurements beside the variants.
+pub fn start_wasm(backend: SocketAddr, tools: &Tools, plugin_config: &str) -> Proxy {
+    let envoy = Envoy::launch(&envoy_config(
+        Variant::Wasm,
+        backend,
+        None,
+        &tools.wasm,
+        plugin_config,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Proxy {
+        url: format!("http://{}/v1/chat/completions", envoy.listener),
+        pids: vec![envoy.pid()],
+        admin: Some(envoy.admin),
+        envoy: Some(envoy),
+        processes: Vec::new(),
+    }
+}
+
 pub fn start_proxy(variant: Variant, backend: SocketAddr, tools: &Tools, dir: &Path) -> Proxy {
     if variant == Variant::AiGateway {
         return start_ai_gateway(backend, tools, dir);
@@ -385,8 +405,14 @@ pub fn start_proxy(variant: Variant, backend: SocketAddr, tools: &Tools, dir: &P
         processes.push(process);
         addr
     });
-    let envoy = Envoy::launch(&envoy_config(variant, backend, processor, &tools.wasm))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let envoy = Envoy::launch(&envoy_config(
+        variant,
+        backend,
+        processor,
+        &tools.wasm,
+        "{}",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     pids.push(envoy.pid());
     Proxy {
         url: format!("http://{}/v1/chat/completions", envoy.listener),

@@ -119,6 +119,7 @@ impl ModelRouterStream {
 
     /// Replaces the body's model value in Envoy's buffer and sets the content length to match.
     fn rewrite(&mut self, body_len: u64, change: &Rewrite) -> Result<(), Rejection> {
+        let started = self.get_current_time();
         let mut body = RequestBody {
             stream: self,
             len: body_len,
@@ -136,10 +137,19 @@ impl ModelRouterStream {
             self.set_http_request_header("content-length", Some(&new_len.to_string()));
         }
         self.plugin.metrics.rewritten();
-        debug!(
-            "rewrote the model at {:?} ({} bytes copied out, {} back); body now {new_len} bytes",
-            change.value, copied.out, copied.back
-        );
+        if log::log_enabled!(log::Level::Debug) {
+            let took = self
+                .get_current_time()
+                .duration_since(started)
+                .unwrap_or_default();
+            debug!(
+                "rewrote the model at {:?} in {} us ({} bytes copied out, {} back); body now {new_len} bytes",
+                change.value,
+                took.as_micros(),
+                copied.out,
+                copied.back
+            );
+        }
         Ok(())
     }
 
