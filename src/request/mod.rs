@@ -3,7 +3,7 @@
 //! layer only moves headers and bytes.
 //!
 //! [`json`] finds the model in a JSON body, [`multipart`] in a `multipart/form-data` one;
-//! [`rejection`] names every refusal; [`rewrite`] replaces the model value in Envoy's buffer
+//! [`Rejection`] names every refusal; [`rewrite`] replaces the model value in Envoy's buffer
 //! when the backend knows the model by another name.
 
 pub mod json;
