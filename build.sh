@@ -20,6 +20,8 @@ cd "$(dirname "$0")"
 ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
 CARGO_FUZZ_VERSION=0.13.2
+# The OpenAI Python SDK the gateway tests drive the gateway with (.venv-clients).
+OPENAI_SDK_VERSION=3.57.0
 # Go programs, built from their own modules at these versions into target/tools/bin.
 YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
@@ -207,7 +209,7 @@ ensure_test_tools() {
 }
 
 # The OpenAI and Anthropic Python SDKs at pinned versions, in their own venv.
-ensure_sdk_clients() {
+ensure_python_clients() {
   if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$" &&
     .venv-clients/bin/pip show anthropic 2>/dev/null | grep -q "^Version: $ANTHROPIC_SDK_VERSION$"; }; then
     log "installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv-clients"
@@ -216,11 +218,12 @@ ensure_sdk_clients() {
   fi
 }
 
-# The gateway suites need the filter, Envoy, yq, the SDK clients and llm-d's simulator.
+# The gateway suites need the filter, Envoy, yq, the SDK clients, llm-d's simulator and the
+# rate limit service with Redis.
 ensure_gateway_tools() {
   build_wasm
   ensure_envoy
-  ensure_sdk_clients
+  ensure_python_clients
   go_tool "$LLM_D_SIM_MODULE"
   go_tool "$RATELIMIT_MODULE" ratelimit
   apt_install redis-server
@@ -339,7 +342,7 @@ run_tests() {
   suite fmt cargo fmt --all -- --check
   suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
   suite unit cargo test --locked --workspace --lib --bins
-  suite property cargo test --locked --workspace --test scanner --test response_readers
+  suite property cargo test --locked --workspace --test scanner --test response_readers --test multipart
   suite gateway cargo test --locked --workspace --test gateway
   if [ "$tier" = full ]; then
     suite k8s cargo test --locked --workspace --test k8s

@@ -3,20 +3,25 @@
 //! An empty configuration means every default. Unknown fields and bad values are refused
 //! with an error that names the field, so a bad configuration never loads.
 
+use crate::catalogue::{Catalogue, DEFAULT_OWNED_BY};
 use crate::response::labels::{check_label, ModelLabels};
 use crate::response::StateKeys;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Header set from the body, the one Envoy AI Gateway's route rules match on.
 pub const DEFAULT_HEADER: &str = "x-ai-eg-model";
-/// The OpenAI- and Anthropic-style APIs whose bodies name a model.
-pub const DEFAULT_PATHS: [&str; 5] = [
+/// The OpenAI- and Anthropic-style APIs whose bodies name a model (the audio ones in a
+/// `multipart/form-data` field).
+pub const DEFAULT_PATHS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
     "/v1/messages",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
 ];
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_MODEL_BYTES: usize = 256;
@@ -24,8 +29,6 @@ pub const DEFAULT_MAX_MODEL_BYTES: usize = 256;
 pub const MAX_MODEL_BYTES_LIMIT: usize = 4096;
 /// Largest body limit that may be configured: Envoy must buffer the whole body.
 pub const MAX_BODY_BYTES_LIMIT: u64 = 1 << 30;
-/// Most models that may be listed: each is a metric label value, so a bound on the series.
-pub const MAX_MODELS: usize = 256;
 
 /// The configuration as written, before validation.
 #[derive(Debug, Default, Deserialize)]
@@ -37,14 +40,36 @@ struct RawConfig {
     max_model_bytes: Option<usize>,
     missing_model: Option<MissingModel>,
     models: Option<Vec<ModelEntry>>,
+    unknown_models: Option<UnknownModels>,
     response: Option<ResponseSettings>,
 }
 
-/// One model the gateway serves. For now only its name: the metric label it gets.
+/// One model of the catalogue, as configured (see [`Catalogue`] for what is checked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
+    /// The canonical name: the routing header's value, the id in `/v1/models`.
     pub name: String,
+    /// Other names a body may use for this model; they route as the name does.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The name the backend knows the model by, written into the body when the body names
+    /// the model otherwise (by an alias, or by `name` when this differs). Default: `name`.
+    #[serde(default)]
+    pub upstream_name: Option<String>,
+    /// Headers set on the upstream request of this model (e.g. a LoRA adapter's base model).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `owned_by` in `/v1/models`.
+    #[serde(default = "default_owned_by")]
+    pub owned_by: String,
+    /// `created` in `/v1/models`, Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+}
+
+fn default_owned_by() -> String {
+    DEFAULT_OWNED_BY.to_owned()
 }
 
 /// What the filter does with responses.
@@ -73,6 +98,17 @@ impl Default for ResponseSettings {
     }
 }
 
+/// What to do with a body whose model is not in the catalogue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModels {
+    /// Route by the name as sent; the route table decides (default).
+    #[default]
+    PassThrough,
+    /// Refuse with 404 `model_not_found`: no route or backend is consulted.
+    Reject,
+}
+
 /// What to do with a scanned body whose top-level object has no `model` key.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,8 +128,9 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub max_model_bytes: usize,
     pub missing_model: MissingModel,
-    /// The models served, by name; empty when none is listed.
-    pub models: Vec<ModelEntry>,
+    /// The models served; empty when the configuration lists none.
+    pub catalogue: Catalogue,
+    pub unknown_models: UnknownModels,
     pub response: ResponseSettings,
 }
 
@@ -105,7 +142,8 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             missing_model: MissingModel::Reject,
-            models: Vec::new(),
+            catalogue: Catalogue::default(),
+            unknown_models: UnknownModels::PassThrough,
             response: ResponseSettings::default(),
         }
     }
@@ -114,13 +152,13 @@ impl Default for Settings {
 /// A configuration that cannot load, with the field at fault where there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.field {
+        match &self.field {
             Some(field) => write!(
                 f,
                 "invalid plugin configuration: field `{field}`: {}",
@@ -133,9 +171,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
-        field: Some(field),
+        field: Some(field.into()),
         reason: reason.into(),
     }
 }
@@ -156,37 +194,44 @@ impl Settings {
             serde_json::from_slice(config).map_err(unparsable)?;
         let raw = RawConfig::deserialize(serde_json::Value::Object(object)).map_err(unparsable)?;
         let defaults = Self::default();
-        let settings = Self {
+        let mut settings = Self {
             header: raw.header.unwrap_or(defaults.header),
             paths: raw.paths.unwrap_or(defaults.paths),
             max_body_bytes: raw.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_model_bytes: raw.max_model_bytes.unwrap_or(defaults.max_model_bytes),
             missing_model: raw.missing_model.unwrap_or(defaults.missing_model),
-            models: raw.models.unwrap_or(defaults.models),
+            catalogue: defaults.catalogue,
+            unknown_models: raw.unknown_models.unwrap_or(defaults.unknown_models),
             response: raw.response.unwrap_or(defaults.response),
         };
         settings.validate()?;
+        // After the fields it is checked against.
+        settings.catalogue = Catalogue::new(
+            raw.models.unwrap_or_default(),
+            settings.max_model_bytes,
+            &settings.header,
+        )
+        .map_err(|e| invalid(e.field, e.reason))?;
+        // The names are the response metrics' labels too.
+        for (index, model) in settings.catalogue.models().iter().enumerate() {
+            check_label(&model.name).map_err(|reason| {
+                invalid(
+                    format!("models[{index}].name"),
+                    format!("{:?} is not usable as a metric label: {reason}", model.name),
+                )
+            })?;
+        }
+        if settings.unknown_models == UnknownModels::Reject && settings.catalogue.is_empty() {
+            return Err(invalid(
+                "unknown_models",
+                "\"reject\" needs a catalogue: list the served models in `models`",
+            ));
+        }
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.header.is_empty() {
-            return Err(invalid("header", "must not be empty"));
-        }
-        if let Some(bad) = self
-            .header
-            .bytes()
-            .find(|&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)))
-        {
-            return Err(invalid(
-                "header",
-                format!(
-                    "{:?} must be a lowercase header name (a-z, 0-9, '-', '_', '.'), found {:?}",
-                    self.header,
-                    char::from(bad)
-                ),
-            ));
-        }
+        check_header_name(&self.header).map_err(|reason| invalid("header", reason))?;
         if self.paths.is_empty() {
             return Err(invalid("paths", "must list at least one path"));
         }
@@ -221,41 +266,15 @@ impl Settings {
                 ),
             ));
         }
-        if self.models.len() > MAX_MODELS {
-            return Err(invalid(
-                "models",
-                format!("lists {} models, at most {MAX_MODELS}", self.models.len()),
-            ));
-        }
-        for (index, model) in self.models.iter().enumerate() {
-            check_label(&model.name).map_err(|reason| {
-                invalid("models", format!("model name {:?} {reason}", model.name))
-            })?;
-            if model.name.len() > self.max_model_bytes {
-                return Err(invalid(
-                    "models",
-                    format!(
-                        "model name {:?} is longer than max_model_bytes ({})",
-                        model.name, self.max_model_bytes
-                    ),
-                ));
-            }
-            if self.models[..index].iter().any(|m| m.name == model.name) {
-                return Err(invalid(
-                    "models",
-                    format!("model name {:?} is listed twice", model.name),
-                ));
-            }
-        }
         Ok(())
     }
 
-    /// The metric labels of models: the listed names, or learned ones without a list.
+    /// The metric labels of models: the catalogue's names, or learned ones without one.
     pub fn model_labels(&self) -> ModelLabels {
-        if self.models.is_empty() {
+        if self.catalogue.is_empty() {
             ModelLabels::learning()
         } else {
-            ModelLabels::configured(self.models.iter().map(|m| m.name.clone()))
+            ModelLabels::configured(self.catalogue.models().iter().map(|m| m.name.clone()))
         }
     }
 
@@ -264,6 +283,23 @@ impl Settings {
         let path = path.split(|&b| b == b'?').next().unwrap_or_default();
         self.paths.iter().any(|p| p.as_bytes() == path)
     }
+}
+
+/// A header name the filter may set: lowercase, so that Envoy's header map matches it.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(bad) = name
+        .bytes()
+        .find(|&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)))
+    {
+        return Err(format!(
+            "{name:?} must be a lowercase header name (a-z, 0-9, '-', '_', '.'), found {:?}",
+            char::from(bad)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,11 +318,14 @@ mod tests {
         }
         let defaults = Settings::default();
         assert_eq!(defaults.header, "x-ai-eg-model");
-        assert_eq!(defaults.paths.len(), 5);
+        assert_eq!(defaults.paths.len(), 7);
+        assert!(defaults.scans_path(b"/v1/audio/transcriptions"));
+        assert!(defaults.scans_path(b"/v1/audio/translations"));
         assert_eq!(defaults.max_body_bytes, 8 << 20);
         assert_eq!(defaults.max_model_bytes, 256);
         assert_eq!(defaults.missing_model, MissingModel::Reject);
-        assert!(defaults.models.is_empty());
+        assert!(defaults.catalogue.is_empty());
+        assert_eq!(defaults.unknown_models, UnknownModels::PassThrough);
         assert!(defaults.response.usage);
         assert!(!defaults.response.add_include_usage);
         assert!(defaults.response.filter_state.is_empty());
@@ -297,11 +336,31 @@ mod tests {
         let settings = Settings::parse(
             br#"{"header":"x-model","paths":["/v2/chat"],"max_body_bytes":1024,
                  "max_model_bytes":64,"missing_model":"pass_through",
-                 "models":[{"name":"a/b:c.d"},{"name":"e"}],
+                 "models":[{"name":"gpt-4o","aliases":["gpt-4o-old"],"upstream_name":"llama",
+                            "headers":{"x-gateway-base-model-name":"llama"},"owned_by":"me",
+                            "created":1700000000},
+                           {"name":"m"}],
+                 "unknown_models":"reject",
                  "response":{"usage":false,"add_include_usage":true,
                              "filter_state":["total_tokens","response_model"]}}"#,
         )
         .unwrap();
+        let gpt = ModelEntry {
+            name: "gpt-4o".into(),
+            aliases: vec!["gpt-4o-old".into()],
+            upstream_name: Some("llama".into()),
+            headers: BTreeMap::from([("x-gateway-base-model-name".into(), "llama".into())]),
+            owned_by: "me".into(),
+            created: 1_700_000_000,
+        };
+        let m = ModelEntry {
+            name: "m".into(),
+            aliases: vec![],
+            upstream_name: None,
+            headers: BTreeMap::new(),
+            owned_by: "model-router".into(),
+            created: 0,
+        };
         assert_eq!(
             settings,
             Settings {
@@ -310,12 +369,8 @@ mod tests {
                 max_body_bytes: 1024,
                 max_model_bytes: 64,
                 missing_model: MissingModel::PassThrough,
-                models: vec![
-                    ModelEntry {
-                        name: "a/b:c.d".into()
-                    },
-                    ModelEntry { name: "e".into() }
-                ],
+                catalogue: Catalogue::new(vec![gpt, m], 64, "x-model").unwrap(),
+                unknown_models: UnknownModels::Reject,
                 response: ResponseSettings {
                     usage: false,
                     add_include_usage: true,
@@ -345,10 +400,13 @@ mod tests {
             .reason
             .contains("invalid type: sequence, expected a map"));
         assert!(error("{").reason.contains("EOF"));
-        assert!(error(r#"{"models":[{"name":"a","aliases":[]}]}"#)
+        assert!(error(r#"{"models":[{"name":"a","alias":["b"]}]}"#)
             .reason
-            .contains("unknown field `aliases`"));
+            .contains("unknown field `alias`"));
         assert!(error(r#"{"models":["a"]}"#).reason.contains("invalid type"));
+        assert!(error(r#"{"unknown_models":"drop"}"#)
+            .reason
+            .contains("unknown variant `drop`"));
         assert!(error(r#"{"response":{"tokens":true}}"#)
             .reason
             .contains("unknown field `tokens`"));
@@ -371,18 +429,29 @@ mod tests {
             (r#"{"max_body_bytes":2147483648}"#, "max_body_bytes"),
             (r#"{"max_model_bytes":0}"#, "max_model_bytes"),
             (r#"{"max_model_bytes":4097}"#, "max_model_bytes"),
-            (r#"{"models":[{"name":""}]}"#, "models"),
-            (r#"{"models":[{"name":"other"}]}"#, "models"),
-            (r#"{"models":[{"name":"a=b"}]}"#, "models"),
-            (r#"{"models":[{"name":"a"},{"name":"a"}]}"#, "models"),
+            (r#"{"models":[{"name":"a"},{"name":""}]}"#, "models[1].name"),
+            (
+                r#"{"models":[{"name":"a"},{"name":"b","aliases":["a"]}]}"#,
+                "models[1].aliases[0]",
+            ),
             (
                 r#"{"max_model_bytes":3,"models":[{"name":"abcd"}]}"#,
-                "models",
+                "models[0].name",
             ),
+            (
+                r#"{"header":"x-m","models":[{"name":"a","headers":{"x-m":"b"}}]}"#,
+                "models[0].headers.x-m",
+            ),
+            (r#"{"unknown_models":"reject"}"#, "unknown_models"),
+            (
+                r#"{"models":[{"name":"a"},{"name":"other"}]}"#,
+                "models[1].name",
+            ),
+            (r#"{"models":[{"name":"a=b"}]}"#, "models[0].name"),
         ];
         for (config, field) in cases {
             let error = error(config);
-            assert_eq!(error.field, Some(field), "{config}");
+            assert_eq!(error.field.as_deref(), Some(field), "{config}");
             assert!(error.to_string().contains(&format!("field `{field}`")));
         }
     }

@@ -3,10 +3,12 @@
 //! default) and lets Envoy's route table pick the backend.
 //!
 //! Everything that decides is plain Rust, tested natively: [`config`] reads the plugin
-//! configuration, [`request`] decides per request (its [`request::json`] scanner reads the
-//! body) and [`reply`] builds what the filter answers itself. Only `filter`, built for
-//! wasm32, talks to the host.
+//! configuration, [`catalogue`] holds the models served (names, aliases, upstream names,
+//! `/v1/models`), [`request`] decides per request (its [`request::json`] and
+//! [`request::multipart`] scanners read the body) and [`reply`] builds what the filter
+//! answers itself. Only `filter`, built for wasm32, talks to the host.
 
+pub mod catalogue;
 pub mod config;
 // Also compiled under clippy, so the host layer is linted on the build machine.
 #[cfg(any(target_arch = "wasm32", clippy))]

@@ -20,6 +20,7 @@ pub struct LocalReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     MalformedJson,
+    MalformedMultipart,
     NotAnObject,
     MissingModel,
     DuplicateModel,
@@ -27,14 +28,17 @@ pub enum ErrorCode {
     EmptyModel,
     ModelTooLong,
     InvalidModel,
+    ModelNotFound,
     BodyTooLarge,
     UnsupportedEncoding,
+    RewriteFailed,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order: `ALL[code.index()] == code`.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::MalformedJson,
+        Self::MalformedMultipart,
         Self::NotAnObject,
         Self::MissingModel,
         Self::DuplicateModel,
@@ -42,13 +46,16 @@ impl ErrorCode {
         Self::EmptyModel,
         Self::ModelTooLong,
         Self::InvalidModel,
+        Self::ModelNotFound,
         Self::BodyTooLarge,
         Self::UnsupportedEncoding,
+        Self::RewriteFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MalformedJson => "malformed_json",
+            Self::MalformedMultipart => "malformed_multipart",
             Self::NotAnObject => "not_an_object",
             Self::MissingModel => "missing_model",
             Self::DuplicateModel => "duplicate_model",
@@ -56,8 +63,10 @@ impl ErrorCode {
             Self::EmptyModel => "empty_model",
             Self::ModelTooLong => "model_too_long",
             Self::InvalidModel => "invalid_model",
+            Self::ModelNotFound => "model_not_found",
             Self::BodyTooLarge => "body_too_large",
             Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::RewriteFailed => "rewrite_failed",
         }
     }
 
@@ -72,12 +81,15 @@ impl ErrorCode {
 pub enum ErrorType {
     /// The client's request is at fault (4xx).
     InvalidRequest,
+    /// The gateway failed (5xx).
+    Server,
 }
 
 impl ErrorType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request_error",
+            Self::Server => "server_error",
         }
     }
 }

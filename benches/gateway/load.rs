@@ -46,6 +46,7 @@ pub struct Workload {
     pub size: usize,
     pub model_last: bool,
     pub file: PathBuf,
+    pub content_type: String,
 }
 
 impl Workload {
@@ -67,6 +68,7 @@ impl Workload {
                     size,
                     model_last,
                     file,
+                    content_type: "application/json".into(),
                 });
             }
         }
@@ -74,12 +76,13 @@ impl Workload {
     }
 }
 
-/// Sends the body file named by BENCH_BODY, with the routing header when BENCH_HEADER is set.
+/// Sends the body file named by BENCH_BODY as BENCH_CONTENT_TYPE, with the routing header when
+/// BENCH_HEADER is set.
 pub const WRK_SCRIPT: &str = r#"local f = io.open(os.getenv("BENCH_BODY"), "rb")
 wrk.body = f:read("*a")
 f:close()
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 local model = os.getenv("BENCH_HEADER")
 if model ~= nil and model ~= "" then wrk.headers["x-ai-eg-model"] = model end
 "#;
@@ -140,6 +143,7 @@ pub fn run_wrk(
         .arg(&script)
         .arg(url)
         .env("BENCH_BODY", &workload.file)
+        .env("BENCH_CONTENT_TYPE", &workload.content_type)
         .env("BENCH_HEADER", header.unwrap_or(""))
         .output()
         .expect("run wrk");
@@ -194,18 +198,20 @@ pub fn fixed_rate(
     let total = LATENCY_RATE as usize * seconds as usize;
     let interval = Duration::from_secs(1) / LATENCY_RATE;
     let header = header.map(str::to_owned);
+    let content_type = workload.content_type.to_owned();
     let (mut latencies, errors) = runtime.block_on(async move {
         let start = tokio::time::Instant::now();
         let tasks: Vec<_> = (0..LATENCY_CONNECTIONS)
             .map(|connection| {
-                let (body, header) = (body.clone(), header.clone());
+                let (body, header, content_type) =
+                    (body.clone(), header.clone(), content_type.clone());
                 tokio::spawn(async move {
                     let mut client = Connection::open(addr, Protocol::Http1).await.ok();
                     let (mut latencies, mut errors) = (Vec::new(), 0u64);
                     for index in (connection..total).step_by(LATENCY_CONNECTIONS) {
                         let due = start + interval * index as u32;
                         tokio::time::sleep_until(due).await;
-                        let mut headers = vec![("content-type", "application/json")];
+                        let mut headers = vec![("content-type", content_type.as_str())];
                         if let Some(model) = &header {
                             headers.push(("x-ai-eg-model", model));
                         }

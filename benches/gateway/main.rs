@@ -9,6 +9,9 @@
 //! 5. Envoy AI Gateway (`aigw run`): the incumbent, its external processor and Envoy;
 //! 6. litellm: LiteLLM proxy routing the same model names.
 //!
+//! Beside them (rewrite.rs): the filter with a catalogue, routing 1 MiB bodies that name the
+//! model as the backend does or by an alias that it rewrites in Envoy's buffer.
+//!
 //! Throughput: wrk, HTTP/1.1 keep-alive at fixed concurrency. Latency: requests at a low fixed
 //! rate from this process (load::fixed_rate).
 //! Every variant runs every workload once per round, in rounds interleaved so that a slow
@@ -19,12 +22,14 @@
 //!
 //! `./build.sh bench` runs it in full and writes benches/results/; `--smoke` (part of
 //! `./build.sh test`) runs one short round of every variant and workload, writing nothing.
-//! `--response-only` runs the response side's measurement alone (with `--smoke`, briefly).
+//! `--response-only` runs the response side's measurement alone, `--rewrite-only` the
+//! rewrite's (with `--smoke`, briefly).
 
 mod instructions;
 mod load;
 mod report;
 mod response_cost;
+mod rewrite;
 mod variants;
 
 use load::{fixed_rate, run_wrk, Workload};
@@ -55,18 +60,27 @@ pub struct Tools {
 
 fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let rewrite_only = std::env::args().any(|a| a == "--rewrite-only");
     let (rounds, seconds) = if smoke { (1, 1) } else { (ROUNDS, 10) };
     if std::env::args().any(|a| a == "--response-only") {
         let failures = run_response_cost(smoke, rounds, seconds);
         return finish(smoke, 2 * rounds, failures);
     }
+    // Only what the variants run is required of a run that measures them.
+    let tool = |name| {
+        if rewrite_only {
+            PathBuf::new()
+        } else {
+            required_file(name)
+        }
+    };
     let tools = Tools {
         wasm: required_file("MODEL_ROUTER_WASM"),
         envoy: required_file("ENVOY_BIN"),
         sim: required_file("LLM_SIM_BIN"),
-        body_router: required_file("BODY_ROUTER_BIN"),
-        aigw: required_file("AIGW_BIN"),
-        litellm: required_file("LITELLM_BIN"),
+        body_router: tool("BODY_ROUTER_BIN"),
+        aigw: tool("AIGW_BIN"),
+        litellm: tool("LITELLM_BIN"),
         wrk: required_file("WRK_BIN"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +97,12 @@ fn main() -> std::process::ExitCode {
         sim.args(["--model", model]);
     }
     let (_backend, backend) = spawn_listening(&mut sim, "on http://").unwrap();
+    if rewrite_only {
+        let rewrite = rewrite::measure(backend, &tools, &dir, rounds, seconds);
+        println!("{}", rewrite.markdown(rounds, seconds));
+        let _ = std::fs::remove_dir_all(&dir);
+        return finish(smoke, rounds * rewrite::WORKLOADS, rewrite.failures);
+    }
     let workloads = Workload::all(&dir);
 
     let mut runs = Vec::new();
@@ -144,6 +164,9 @@ fn main() -> std::process::ExitCode {
         runs.push(results);
     }
 
+    let rewrite = rewrite::measure(backend, &tools, &dir, rounds, seconds);
+    failures.extend(rewrite.failures.iter().cloned());
+
     let summary = Summary {
         workloads: &workloads,
         runs: &runs,
@@ -164,7 +187,8 @@ fn main() -> std::process::ExitCode {
         .value(kib, Variant::Header, |r| r.throughput.cpu_ms_per_1k)
         .median;
     let instructions = instructions::markdown(&counts, header_cpu);
-    let markdown = report::markdown(&summary, &memory, &instructions, seconds, &versions);
+    let mut markdown = report::markdown(&summary, &memory, &instructions, seconds, &versions);
+    markdown.push_str(&rewrite.markdown(rounds, seconds));
     if smoke {
         println!("{markdown}");
     } else {
@@ -177,7 +201,7 @@ fn main() -> std::process::ExitCode {
     let _ = std::fs::remove_dir_all(&dir);
     drop(_backend);
     failures.extend(run_response_cost(smoke, rounds, seconds));
-    let total = rounds * workloads.len() * Variant::ALL.len() + 2 * rounds;
+    let total = rounds * (workloads.len() * Variant::ALL.len() + rewrite::WORKLOADS + 2);
     finish(smoke, total, failures)
 }
 

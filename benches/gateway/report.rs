@@ -42,7 +42,7 @@ impl Spread {
     }
 
     /// `1.23 (1.10-1.31)`, with `digits` decimals.
-    fn show(&self, digits: usize) -> String {
+    pub fn show(&self, digits: usize) -> String {
         format!(
             "{:.digits$} ({:.digits$}-{:.digits$})",
             self.median, self.min, self.max

@@ -66,6 +66,7 @@ fn workload(dir: &Path, name: &str, body: &str) -> Workload {
         label: name.to_owned(),
         size: body.len(),
         model_last: false,
+        content_type: "application/json".into(),
         file,
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface of a replica: routing a request to its answer, the model list, vLLM's
 //! `/metrics` gauges, embeddings, faults on request, and the OpenAI error shape.
 
+use crate::audio::transcription;
 use crate::completion::completion;
 use crate::faults::{Fault, NOT_JSON_BODY};
 use crate::messages::messages;
@@ -78,6 +79,11 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let headers = request
         .headers()
         .iter()
@@ -102,7 +108,7 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
         return full(StatusCode::OK, "text/plain", Bytes::new(), &replica);
     }
     if !replica.recording.load(Ordering::SeqCst) {
-        return answer(&replica, method, &path, &body, fault, cached).await;
+        return answer(&replica, method, &path, &content_type, &body, fault, cached).await;
     }
     let sent = Arc::new(Mutex::new(Vec::new()));
     replica.seen.lock().expect("request log").push(SeenRequest {
@@ -113,7 +119,7 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
         body: body.clone(),
         sent: Arc::clone(&sent),
     });
-    answer(&replica, method, &path, &body, fault, cached)
+    answer(&replica, method, &path, &content_type, &body, fault, cached)
         .await
         .map(|body| Tee { body, sent }.boxed())
 }
@@ -154,6 +160,7 @@ async fn answer(
     replica: &Arc<Replica>,
     method: Method,
     path: &str,
+    content_type: &str,
     body: &Bytes,
     fault: Fault,
     cached: Option<u64>,
@@ -164,6 +171,10 @@ async fn answer(
     match (method, path.as_str()) {
         (Method::GET, "/v1/models") => models(&replica),
         (Method::GET, "/metrics") => metrics(&replica),
+        (Method::POST, "/v1/audio/transcriptions" | "/v1/audio/translations") => {
+            let translate = path.ends_with("translations");
+            transcription(&replica, content_type, body.clone(), translate).await
+        }
         (
             Method::POST,
             "/v1/chat/completions"
@@ -236,7 +247,7 @@ async fn answer(
     }
 }
 
-fn full(
+pub fn full(
     status: StatusCode,
     content_type: &str,
     body: Bytes,
@@ -256,7 +267,7 @@ fn full(
     response
 }
 
-fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
+pub fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
     let mut response = Response::new(boxed(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = status;

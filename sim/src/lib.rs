@@ -8,12 +8,14 @@
 //! names the replica in `x-sim-replica` and `served_by` whatever the deployment; it runs many
 //! replicas in one process, cheap enough for the benchmark's zero-latency backend. Each replica
 //! answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`
-//! (OpenAI's Responses API), `/v1/messages` (Anthropic's), `/v1/models`, `/health` and
-//! `/metrics` (vLLM's load gauges), streams with SSE when asked (each API's own events, with
-//! usage), and echoes the model it received. [`picker`] is a stand-in endpoint picker for the
-//! Envoy Gateway-shaped data plane (the real one needs a Kubernetes API server).
+//! (OpenAI's Responses API), `/v1/messages` (Anthropic's), `/v1/audio/transcriptions` and
+//! `/v1/audio/translations` (`multipart/form-data`, read with multer), `/v1/models`, `/health`
+//! and `/metrics` (vLLM's load gauges), streams with SSE when asked (each API's own events,
+//! with usage), and echoes the model it received. [`picker`] is a stand-in endpoint picker for
+//! the Envoy Gateway-shaped data plane (the real one needs a Kubernetes API server).
 
 mod api;
+pub mod audio;
 pub mod body_router;
 mod completion;
 pub mod faults;

@@ -1,6 +1,8 @@
-//! The per-stream context: strips any client-sent routing header, holds the request while
-//! its body is scanned, then sets the header or replies; then follows the routed request's
-//! response, every chunk read once and passed on at once, to record what it cost.
+//! The per-stream context: strips any client-sent header the filter owns, answers the model
+//! list, holds the request while its body is scanned, then sets the headers (rewriting the
+//! body's model when the backend knows it by another name) or replies; then follows the
+//! routed request's response, every chunk read once and passed on at once, to record what it
+//! cost.
 //!
 //! Envoy clears the route cache whenever a wasm filter changes the request headers, so the
 //! route is matched again with the header as set (or removed); the gateway tests prove it.
@@ -10,9 +12,10 @@
 use super::gen_ai_metrics::Labels;
 use super::host::{header_map, send_local_reply};
 use super::plugin::Plugin;
+use crate::request::rewrite::{self, BodyBuffer};
 use crate::request::stream_options::include_usage_edit;
 use crate::request::{
-    inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Route,
+    inspect_head, BodyRouter, HeadVerdict, HeldRefusal, Rejection, RequestHeaders, Rewrite, Route,
 };
 use crate::response::{Api, ResponseModel, ResponseObserver, StateKey, StatusClass, Timing};
 use log::debug;
@@ -81,26 +84,39 @@ impl ModelRouterStream {
         Ok(())
     }
 
-    /// Ends the scan: sets the routing header, or replies with the refusal.
+    /// Ends the scan: sets the routing header (and the model's, and rewrites the body's model
+    /// if need be), or replies with the refusal.
     fn route(&mut self, router: BodyRouter) -> Action {
-        self.plugin.metrics.record_memory();
+        let plugin = Rc::clone(&self.plugin);
+        plugin.metrics.record_memory();
         let shape = router.stream_shape();
-        let body_length = router.scanned();
-        match router.finish() {
-            Ok(Route::Model(model)) => {
-                let plugin = Rc::clone(&self.plugin);
+        let body_len = router.scanned();
+        match router.finish(&plugin.settings.catalogue) {
+            Ok(Route::Model(routed)) => {
                 let settings = &plugin.settings;
-                self.set_http_request_header_bytes(&settings.header, Some(&model));
+                // The rewrite keeps everything before the model in place, the top-level `{`
+                // the include_usage edit starts at included.
+                let mut body_len = body_len;
+                if let Some(change) = &routed.rewrite {
+                    match self.rewrite(body_len, change) {
+                        Ok(new_len) => body_len = new_len,
+                        Err(rejection) => return self.reply(&rejection),
+                    }
+                }
+                self.set_http_request_header_bytes(&settings.header, Some(&routed.model));
+                for (name, value) in routed.entry.iter().flat_map(|e| &e.headers) {
+                    self.set_http_request_header(name, Some(value));
+                }
                 plugin.metrics.routed();
-                debug!("routed model {:?}", String::from_utf8_lossy(&model));
+                debug!("routed model {:?}", String::from_utf8_lossy(&routed.model));
                 if settings.response.add_include_usage && self.api.takes_stream_options() {
-                    self.add_include_usage(include_usage_edit(shape, body_length));
+                    self.add_include_usage(include_usage_edit(shape, body_len));
                 }
                 if settings.response.usage {
-                    self.publish(StateKey::RequestModel, &model);
+                    self.publish(StateKey::RequestModel, &routed.model);
                     self.watch = Some(Watch {
                         api: self.api,
-                        model,
+                        model: routed.model,
                         timing: Timing {
                             routed: self.now(),
                             ..Timing::default()
@@ -253,6 +269,43 @@ impl ModelRouterStream {
         }
     }
 
+    /// Replaces the body's model value in Envoy's buffer and sets the content length to match;
+    /// the body's new length.
+    fn rewrite(&mut self, body_len: u64, change: &Rewrite) -> Result<u64, Rejection> {
+        let started = self.get_current_time();
+        let mut body = RequestBody {
+            stream: self,
+            len: body_len,
+        };
+        let copied = rewrite::replace(
+            &mut body,
+            body_len,
+            change.value.clone(),
+            &change.replacement,
+        )
+        .map_err(|_| Rejection::RewriteFailed)?;
+        let new_len = body.len;
+        // Envoy forwards the content-length it was sent: it must say the new length.
+        if self.get_http_request_header("content-length").is_some() {
+            self.set_http_request_header("content-length", Some(&new_len.to_string()));
+        }
+        self.plugin.metrics.rewritten();
+        if log::log_enabled!(log::Level::Debug) {
+            let took = self
+                .get_current_time()
+                .duration_since(started)
+                .unwrap_or_default();
+            debug!(
+                "rewrote the model at {:?} in {} us ({} bytes copied out, {} back); body now {new_len} bytes",
+                change.value,
+                took.as_micros(),
+                copied.out,
+                copied.back
+            );
+        }
+        Ok(new_len)
+    }
+
     fn reply(&mut self, rejection: &Rejection) -> Action {
         self.stage = Stage::Forwarding;
         self.plugin.metrics.rejected(rejection.code());
@@ -264,22 +317,54 @@ impl ModelRouterStream {
 
 impl Context for ModelRouterStream {}
 
+/// The request body in Envoy's buffer, for [`rewrite::replace`]; `len` follows the edits.
+struct RequestBody<'a> {
+    stream: &'a ModelRouterStream,
+    len: u64,
+}
+
+impl BodyBuffer for RequestBody<'_> {
+    fn read(&mut self, start: u64, len: usize) -> Vec<u8> {
+        self.stream
+            .get_http_request_body(start as usize, len)
+            .unwrap_or_default()
+    }
+
+    fn replace_front(&mut self, drain: u64, data: &[u8]) {
+        self.stream.set_http_request_body(0, drain as usize, data);
+        self.len = self.len - drain + data.len() as u64;
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        // Envoy appends when the offset is at or past the end.
+        self.stream
+            .set_http_request_body(self.len as usize, 0, data);
+        self.len += data.len() as u64;
+    }
+}
+
 impl HttpContext for ModelRouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
-        let header = &plugin.settings.header;
         let headers = header_map(MapType::HttpRequestHeaders);
         self.api = headers.header(":path").map_or(Api::Other, Api::from_path);
-        // The body is the only source of the routing header.
-        if headers.header(header).is_some() {
-            self.set_http_request_header(header, None);
-            plugin.metrics.client_header_removed();
-            debug!("removed client-sent {header} header");
+        // The body (and the catalogue) are the only source of these headers.
+        for header in &plugin.owned_headers {
+            if headers.header(header).is_some() {
+                self.set_http_request_header(header, None);
+                plugin.metrics.client_header_removed();
+                debug!("removed client-sent {header} header");
+            }
         }
         match inspect_head(&plugin.settings, &headers, end_of_stream) {
             HeadVerdict::Skip => {
                 plugin.metrics.skipped();
                 Action::Continue
+            }
+            HeadVerdict::Models(request) => {
+                plugin.metrics.models_answered();
+                send_local_reply(&request.answer(&plugin.settings.catalogue));
+                Action::Pause
             }
             HeadVerdict::Scan(router) => {
                 self.stage = Stage::Scanning(router);

@@ -13,6 +13,8 @@ pub struct Metrics {
     unrouted: u32,
     skipped: u32,
     client_header_removed: u32,
+    rewritten: u32,
+    models_answered: u32,
     rejected: [u32; ErrorCode::ALL.len()],
     memory: u32,
     /// The last value given to the memory gauge, to call the host only when it changes.
@@ -31,6 +33,8 @@ impl Metrics {
             unrouted: counter("model_router.requests_unrouted")?,
             skipped: counter("model_router.requests_skipped")?,
             client_header_removed: counter("model_router.client_header_removed")?,
+            rewritten: counter("model_router.requests_rewritten")?,
+            models_answered: counter("model_router.models_answered")?,
             rejected,
             memory: hostcalls::define_metric(MetricType::Gauge, "model_router.wasm_memory_bytes")?,
             memory_recorded: Cell::new(0),
@@ -60,9 +64,20 @@ impl Metrics {
         increment(self.skipped);
     }
 
-    /// A client sent the routing header itself; it was removed.
+    /// A client sent a header only the filter sets (the routing header, a catalogue header);
+    /// it was removed.
     pub fn client_header_removed(&self) {
         increment(self.client_header_removed);
+    }
+
+    /// A body's model was rewritten to the name its backend knows.
+    pub fn rewritten(&self) {
+        increment(self.rewritten);
+    }
+
+    /// A `GET /v1/models` (list or one model) was answered from the catalogue.
+    pub fn models_answered(&self) {
+        increment(self.models_answered);
     }
 
     /// The filter answered the request itself with this error.

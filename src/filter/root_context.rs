@@ -10,7 +10,6 @@ use log::{error, info, LevelFilter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::RefCell;
 use std::rc::Rc;
 
 #[derive(Default)]
@@ -41,26 +40,24 @@ impl RootContext for ModelRouterRoot {
             }
         };
         info!(
-            "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?})",
-            settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model
+            "routing by body model into header {:?} on {:?} (max body {} bytes, max model {} bytes, missing model: {:?}; catalogue of {} models, unknown models: {:?})",
+            settings.header, settings.paths, settings.max_body_bytes, settings.max_model_bytes, settings.missing_model,
+            settings.catalogue.models().len(), settings.unknown_models
         );
         info!(
             "responses: usage {}, add include_usage {}; model labels: {}",
             settings.response.usage,
             settings.response.add_include_usage,
-            if settings.models.is_empty() {
+            if settings.catalogue.is_empty() {
                 "learned from answers (no models listed)".to_owned()
             } else {
-                format!("{} listed models, then \"other\"", settings.models.len())
+                format!(
+                    "{} listed models, then \"other\"",
+                    settings.catalogue.models().len()
+                )
             }
         );
-        let labels = RefCell::new(settings.model_labels());
-        self.plugin = Some(Rc::new(Plugin {
-            settings,
-            metrics,
-            gen_ai,
-            labels,
-        }));
+        self.plugin = Some(Rc::new(Plugin::new(settings, metrics, gen_ai)));
         true
     }
 

@@ -20,7 +20,9 @@
 //! On the way it notes what adding `stream_options` needs ([`StreamShape`]): where the object
 //! starts, whether the top-level `stream` is `true` and whether a `stream_options` key exists.
 
+use super::FoundModel;
 use std::fmt;
+use std::ops::Range;
 
 /// Deepest nesting of objects and arrays accepted, the top-level object included.
 pub const MAX_DEPTH: u32 = 128;
@@ -171,6 +173,9 @@ pub struct ModelScanner {
     shape: StreamShape,
     model_key_seen: bool,
     model: Option<Vec<u8>>,
+    /// Offsets of the model string's raw content in the body: after its opening quote, then
+    /// at its closing quote (the end is set once the string has ended).
+    model_span: Range<u64>,
     max_model_bytes: usize,
     hex_digits: u8,
     code_unit: u32,
@@ -199,6 +204,7 @@ impl ModelScanner {
             shape: StreamShape::default(),
             model_key_seen: false,
             model: None,
+            model_span: 0..0,
             max_model_bytes,
             hex_digits: 0,
             code_unit: 0,
@@ -233,7 +239,7 @@ impl ModelScanner {
                 }
             }
             let byte = chunk[i];
-            match self.step(byte) {
+            match self.step(byte, i) {
                 Ok(Step::Next) => i += 1,
                 Ok(Step::Again) => {}
                 Err(error) => return Err(self.locate(error, i)),
@@ -243,10 +249,14 @@ impl ModelScanner {
         Ok(())
     }
 
-    /// Ends the body: the decoded model name if the object had a top-level `model` key.
-    pub fn finish(self) -> Result<Option<Vec<u8>>, ScanError> {
+    /// Ends the body: the decoded model name if the object had a top-level `model` key, with
+    /// the offsets of the string's raw content (between the quotes, escapes as written).
+    pub fn finish(self) -> Result<Option<FoundModel>, ScanError> {
         match self.state {
-            State::Done => Ok(self.model),
+            State::Done => Ok(self.model.map(|name| FoundModel {
+                name,
+                value: self.model_span,
+            })),
             State::Start => Err(ScanError::Syntax {
                 offset: self.consumed,
                 kind: SyntaxError::Empty,
@@ -268,11 +278,12 @@ impl ModelScanner {
         }
     }
 
+    /// Takes one byte, at `index` in the current chunk.
     #[inline]
-    fn step(&mut self, byte: u8) -> Result<Step, Error> {
+    fn step(&mut self, byte: u8, index: usize) -> Result<Step, Error> {
         match self.state {
             State::String => match byte {
-                b'"' => self.end_string()?,
+                b'"' => self.end_string(index)?,
                 b'\\' => self.state = State::Escape,
                 0x00..=0x1f => return Err(SyntaxError::ControlCharacterInString.into()),
                 0x80..=0xff => self.start_utf8(byte)?,
@@ -280,7 +291,7 @@ impl ModelScanner {
             },
             State::Value => {
                 if !is_whitespace(byte) {
-                    self.start_value(byte, "a JSON value")?;
+                    self.start_value(byte, index, "a JSON value")?;
                 }
             }
             State::AfterValue => match byte {
@@ -311,7 +322,7 @@ impl ModelScanner {
             State::ArrayFirst => match byte {
                 b']' => self.close(),
                 _ if is_whitespace(byte) => {}
-                _ => self.start_value(byte, "a JSON value or ']'")?,
+                _ => self.start_value(byte, index, "a JSON value or ']'")?,
             },
             State::Start => match byte {
                 b'{' => self.open(false)?,
@@ -454,7 +465,7 @@ impl ModelScanner {
         };
     }
 
-    fn start_value(&mut self, byte: u8, expected: &'static str) -> Result<(), Error> {
+    fn start_value(&mut self, byte: u8, index: usize, expected: &'static str) -> Result<(), Error> {
         let top_value = std::mem::replace(&mut self.next_top_value, TopLevelValue::Other);
         let is_model = top_value == TopLevelValue::Model;
         if top_value == TopLevelValue::Stream {
@@ -464,6 +475,8 @@ impl ModelScanner {
         match byte {
             b'"' if is_model => {
                 self.model = Some(Vec::new());
+                let start = self.consumed + index as u64 + 1;
+                self.model_span = start..start;
                 self.start_string(StringRole::Model);
                 return Ok(());
             }
@@ -506,8 +519,11 @@ impl ModelScanner {
         self.state = State::String;
     }
 
-    fn end_string(&mut self) -> Result<(), Error> {
+    fn end_string(&mut self, index: usize) -> Result<(), Error> {
         let role = std::mem::replace(&mut self.role, StringRole::Other);
+        if role == StringRole::Model {
+            self.model_span.end = self.consumed + index as u64;
+        }
         if !std::mem::take(&mut self.in_key) {
             self.end_value();
             return Ok(());
@@ -731,7 +747,7 @@ mod tests {
     fn scan(body: &[u8]) -> Result<Option<Vec<u8>>, ScanError> {
         let mut scanner = ModelScanner::new(256);
         scanner.feed(body)?;
-        scanner.finish()
+        Ok(scanner.finish()?.map(|found| found.name))
     }
 
     fn model(body: &str) -> Option<String> {
@@ -787,6 +803,27 @@ mod tests {
     }
 
     #[test]
+    fn reports_where_the_raw_model_value_stands() {
+        for body in [
+            r#"{"model":"a"}"#,
+            r#"{"messages":[{"model":"x"}],"model" : "mistral\u003alatest" }"#,
+            r#"{"model":"","x":1}"#,
+            r#"{"mod\u0065l":"\ud83d\ude00\"q\""}"#,
+        ] {
+            let mut scanner = ModelScanner::new(256);
+            scanner.feed(body.as_bytes()).unwrap();
+            let found = scanner.finish().unwrap().unwrap();
+            let range = found.value.start as usize..found.value.end as usize;
+            let raw = &body[range.clone()];
+            // The raw content, quoted, is the JSON string that decodes to the name.
+            let decoded: String = serde_json::from_str(&format!("\"{raw}\"")).unwrap();
+            assert_eq!(decoded.as_bytes(), found.name, "{body}");
+            assert_eq!(&body[range.start - 1..range.start], "\"");
+            assert_eq!(&body[range.end..range.end + 1], "\"");
+        }
+    }
+
+    #[test]
     fn refuses_a_second_model_key_even_when_escaped() {
         assert_eq!(
             scan(br#"{"model":"a","x":1,"mod\u0065l":"b"}"#),
@@ -810,7 +847,7 @@ mod tests {
     fn refuses_models_over_the_limit_once_decoded() {
         let mut scanner = ModelScanner::new(4);
         assert!(scanner.feed(br#"{"model":"\u0061bcd"}"#).is_ok());
-        assert_eq!(scanner.finish().unwrap().unwrap(), b"abcd");
+        assert_eq!(scanner.finish().unwrap().unwrap().name, b"abcd");
         let mut scanner = ModelScanner::new(4);
         assert_eq!(
             scanner.feed(br#"{"model":"abcde"}"#),

@@ -2,6 +2,7 @@
 //! status, error code (which names its counter and response-code detail) and message.
 
 use super::json::{ScanError, SyntaxError};
+use super::multipart::{Malformed, MultipartError};
 use crate::reply::{ErrorCode, ErrorReply, ErrorType, LocalReply};
 
 /// A request refused before it reaches any backend.
@@ -9,6 +10,9 @@ use crate::reply::{ErrorCode, ErrorReply, ErrorType, LocalReply};
 pub enum Rejection {
     /// The body is not valid JSON.
     MalformedJson { offset: u64, kind: SyntaxError },
+    /// The body is not well-formed `multipart/form-data` (or its content type has no usable
+    /// boundary, `offset` 0).
+    MalformedMultipart { offset: u64, kind: Malformed },
     /// The body is JSON but not an object.
     NotAnObject,
     /// The object has no top-level `model` and the configuration refuses that.
@@ -23,10 +27,15 @@ pub enum Rejection {
     ModelTooLong { limit: usize },
     /// The model holds bytes a header value cannot carry, or surrounding whitespace.
     InvalidModel,
+    /// The model is not in the catalogue, which the configuration makes strict.
+    ModelNotFound { model: Vec<u8> },
     /// The body is longer than `max_body_bytes` (declared or received).
     BodyTooLarge { limit: u64 },
     /// The body is compressed; the filter reads only identity bodies.
     UnsupportedEncoding,
+    /// Envoy gave fewer body bytes than it holds while the model was being rewritten: the
+    /// body may be half rewritten and is not forwarded. Not seen with Envoy 1.40.
+    RewriteFailed,
 }
 
 impl From<ScanError> for Rejection {
@@ -41,11 +50,22 @@ impl From<ScanError> for Rejection {
     }
 }
 
+impl From<MultipartError> for Rejection {
+    fn from(error: MultipartError) -> Self {
+        match error {
+            MultipartError::Malformed { offset, kind } => Self::MalformedMultipart { offset, kind },
+            MultipartError::DuplicateModel => Self::DuplicateModel,
+            MultipartError::ModelTooLong { limit } => Self::ModelTooLong { limit },
+        }
+    }
+}
+
 impl Rejection {
     /// The error code: the body's `code`, the counter and response-code detail suffix.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::MalformedJson { .. } => ErrorCode::MalformedJson,
+            Self::MalformedMultipart { .. } => ErrorCode::MalformedMultipart,
             Self::NotAnObject => ErrorCode::NotAnObject,
             Self::MissingModel => ErrorCode::MissingModel,
             Self::DuplicateModel => ErrorCode::DuplicateModel,
@@ -53,16 +73,28 @@ impl Rejection {
             Self::EmptyModel => ErrorCode::EmptyModel,
             Self::ModelTooLong { .. } => ErrorCode::ModelTooLong,
             Self::InvalidModel => ErrorCode::InvalidModel,
+            Self::ModelNotFound { .. } => ErrorCode::ModelNotFound,
             Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             Self::UnsupportedEncoding => ErrorCode::UnsupportedEncoding,
+            Self::RewriteFailed => ErrorCode::RewriteFailed,
         }
     }
 
     pub fn status(&self) -> u32 {
         match self {
+            Self::ModelNotFound { .. } => 404,
             Self::BodyTooLarge { .. } => 413,
             Self::UnsupportedEncoding => 415,
+            Self::RewriteFailed => 500,
             _ => 400,
+        }
+    }
+
+    /// The OpenAI error `type`: the client's fault, but for a failed rewrite.
+    fn error_type(&self) -> ErrorType {
+        match self {
+            Self::RewriteFailed => ErrorType::Server,
+            _ => ErrorType::InvalidRequest,
         }
     }
 
@@ -74,7 +106,8 @@ impl Rejection {
             | Self::ModelNotString
             | Self::EmptyModel
             | Self::ModelTooLong { .. }
-            | Self::InvalidModel => Some("model"),
+            | Self::InvalidModel
+            | Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
     }
@@ -84,6 +117,9 @@ impl Rejection {
             Self::MalformedJson { offset, kind } => {
                 format!("The request body is not valid JSON: {kind} at byte {offset}.")
             }
+            Self::MalformedMultipart { offset, kind } => format!(
+                "The request body is not valid multipart/form-data: {kind} at byte {offset}."
+            ),
             Self::NotAnObject => "The request body must be a JSON object.".into(),
             Self::MissingModel => "The request body has no top-level 'model' field.".into(),
             Self::DuplicateModel => {
@@ -97,12 +133,17 @@ impl Rejection {
             Self::InvalidModel => "The 'model' field must not contain control characters \
                                    or start or end with a space."
                 .into(),
+            Self::ModelNotFound { model } => format!(
+                "The model `{}` does not exist.",
+                String::from_utf8_lossy(model)
+            ),
             Self::BodyTooLarge { limit } => {
                 format!("The request body is larger than {limit} bytes.")
             }
             Self::UnsupportedEncoding => "The request body must not be compressed \
                                           (content-encoding must be identity)."
                 .into(),
+            Self::RewriteFailed => "The gateway could not rewrite the request's model.".into(),
         }
     }
 
@@ -111,7 +152,7 @@ impl Rejection {
         ErrorReply {
             status: self.status(),
             code: self.code(),
-            error_type: ErrorType::InvalidRequest,
+            error_type: self.error_type(),
             message: &self.message(),
             param: self.param(),
         }
@@ -129,6 +170,10 @@ mod tests {
                 offset: 7,
                 kind: SyntaxError::Expected("':' after an object key"),
             },
+            Rejection::MalformedMultipart {
+                offset: 3,
+                kind: Malformed::LineEnding,
+            },
             Rejection::NotAnObject,
             Rejection::MissingModel,
             Rejection::DuplicateModel,
@@ -136,8 +181,12 @@ mod tests {
             Rejection::EmptyModel,
             Rejection::ModelTooLong { limit: 256 },
             Rejection::InvalidModel,
+            Rejection::ModelNotFound {
+                model: b"gpt-5".to_vec(),
+            },
             Rejection::BodyTooLarge { limit: 1024 },
             Rejection::UnsupportedEncoding,
+            Rejection::RewriteFailed,
         ]
     }
 
@@ -151,7 +200,7 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
             let error = &body["error"];
             assert_eq!(error["message"], rejection.message());
-            assert_eq!(error["type"], "invalid_request_error");
+            assert_eq!(error["type"], rejection.error_type().as_str());
             assert_eq!(error["code"], rejection.code().as_str());
             assert_eq!(error["param"].as_str(), rejection.param());
             assert_eq!(
@@ -168,6 +217,13 @@ mod tests {
         assert_eq!(Rejection::UnsupportedEncoding.status(), 415);
         assert_eq!(Rejection::DuplicateModel.status(), 400);
         assert_eq!(Rejection::NotAnObject.status(), 400);
+        assert_eq!(Rejection::RewriteFailed.status(), 500);
+        assert_eq!(Rejection::RewriteFailed.error_type(), ErrorType::Server);
+        let not_found = Rejection::ModelNotFound {
+            model: b"gpt-5".to_vec(),
+        };
+        assert_eq!(not_found.status(), 404);
+        assert_eq!(not_found.message(), "The model `gpt-5` does not exist.");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the tests, benchmarks and fuzz targets share, so each says only what it proves.
 //!
 //! Always: [`oracle`], serde_json's reading of a body as the scanner must report it, and
-//! [`usage_oracle`], the same for the response readers. With the
+//! [`usage_oracle`], the same for the response readers, and [`form`], multipart forms and the
+//! multipart scanner's reference reading. With the
 //! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
 //! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
 //! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
@@ -9,6 +10,7 @@
 //! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
 //! output, parsed).
 
+pub mod form;
 pub mod oracle;
 
 #[cfg(feature = "gateway")]

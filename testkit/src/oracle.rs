@@ -63,9 +63,27 @@ pub fn scan(chunks: &[&[u8]]) -> Expected {
         }
     }
     match scanner.finish() {
-        Ok(model) => Expected::Model(model),
+        Ok(found) => Expected::Model(found.map(|found| found.name)),
         Err(error) => Expected::Refused(error),
     }
+}
+
+/// Checks that the model value the scanner reports for `body` is where it says: the raw
+/// string content between two quotes, which decodes to the name.
+fn check_value_span(body: &[u8]) {
+    let mut scanner = ModelScanner::new(MAX_MODEL);
+    scanner.feed(body).expect("accepted before");
+    let found = scanner.finish().expect("accepted before").expect("a model");
+    let (start, end) = (found.value.start as usize, found.value.end as usize);
+    assert!(start >= 1 && end < body.len(), "value {start}..{end}");
+    let quoted = &body[start - 1..=end];
+    let decoded: String = serde_json::from_slice(quoted).unwrap_or_else(|e| {
+        panic!(
+            "value {:?} is not a JSON string: {e}",
+            String::from_utf8_lossy(quoted)
+        )
+    });
+    assert_eq!(decoded.as_bytes(), found.name, "the value's span");
 }
 
 /// Checks one body, whole and in the given chunks, against serde_json's reading.
@@ -78,6 +96,9 @@ pub fn check(body: &[u8], chunks: &[&[u8]]) {
         "chunking changed the outcome for {:?}",
         String::from_utf8_lossy(body)
     );
+    if matches!(whole, Expected::Model(Some(_))) {
+        check_value_span(body);
+    }
     match oracle(body) {
         Some(expected) => assert_eq!(whole, expected, "body {:?}", String::from_utf8_lossy(body)),
         None => {

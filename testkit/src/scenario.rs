@@ -1,6 +1,6 @@
 //! The reference scenario, in one place: three models, each served by its own backend (two
-//! pools of three replicas and one plain backend), the ports envoy.yaml gives them, and the
-//! routing header. The tests, the benchmarks and `./build.sh run` (through the
+//! pools of three replicas and one plain backend), the aliases the filter's catalogue gives
+//! them, the ports envoy.yaml gives them, and the routing header. The tests, the benchmarks and `./build.sh run` (through the
 //! `local-gateway` binary) all read it from here.
 
 use llm_sim::{Pool, PoolConfig, SeenRequest};
@@ -13,6 +13,13 @@ pub const MISTRAL: &str = "mistral:latest";
 pub const PLAIN: &str = "some-cool-self-hosted-model";
 /// Every model of the scenario, in the order envoy.yaml routes them.
 pub const MODELS: [&str; 3] = [LLAMA, MISTRAL, PLAIN];
+/// The catalogue's aliases (envoy.yaml, k8s/): each routes as its model, and the backend
+/// gets the model's name in the body.
+pub const ALIASES: [(&str, &str); 3] = [
+    ("gpt-4o", LLAMA),
+    ("llama-3.1-8b", LLAMA),
+    ("mistral", MISTRAL),
+];
 
 /// Header every test request carries, so a test can ask whether any backend saw it.
 pub const TAG_HEADER: &str = "x-test-tag";

@@ -7,11 +7,14 @@
 //! `./build.sh test`; a substring selects cases: `cargo test --test gateway -- refus`.
 
 mod bad_responses;
+mod catalogue;
 mod envoy_gateway_shaped;
 mod gen_ai;
 mod hardening;
 mod include_usage;
 mod llm_d;
+mod multipart;
+mod openai_sdk;
 mod refusals;
 mod reload;
 mod routing;
@@ -94,10 +97,13 @@ impl World {
         frames: Vec<Bytes>,
     ) -> Result<(Reply, String), String> {
         let tag = self.tag();
-        let mut all = vec![
-            (TAG_HEADER, tag.as_str()),
-            ("content-type", "application/json"),
-        ];
+        let mut all = vec![(TAG_HEADER, tag.as_str())];
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            all.push(("content-type", "application/json"));
+        }
         all.extend_from_slice(headers);
         let request = request(method, path, &all, Frames::new(frames));
         let reply = self.runtime.block_on(send(listener, protocol, request))?;
@@ -166,6 +172,17 @@ impl World {
             && reply.json().is_ok_and(|body| body["model"] == model)
     }
 
+    /// The one request a backend saw carrying `tag`.
+    pub fn seen_once(&self, tag: &str) -> Result<llm_sim::SeenRequest, String> {
+        let mut seen = self.backends.saw(tag);
+        ensure!(
+            seen.len() == 1,
+            "{} backend requests carry tag {tag}",
+            seen.len()
+        );
+        Ok(seen.remove(0))
+    }
+
     /// Checks an OpenAI-style client error that no backend saw.
     pub fn expect_refused(&self, reply: &Reply, tag: &str, status: u16, code: &str) -> Outcome {
         testkit::openai::expect_error(reply, status, "invalid_request_error", Some(code))?;
@@ -186,6 +203,9 @@ pub fn chat_body(model: &str) -> Value {
 fn main() -> std::process::ExitCode {
     let cases = [
         routing::cases(),
+        catalogue::cases(),
+        multipart::cases(),
+        openai_sdk::cases(),
         refusals::cases(),
         hardening::cases(),
         reload::cases(),

@@ -1,7 +1,9 @@
 //! k8s/: every custom resource valid against its published schema (unknown fields refused),
-//! every reference resolved, and the Envoy Gateway-shaped configuration the gateway tests run
-//! in Envoy consistent with what these manifests ask Envoy Gateway for.
+//! every reference resolved, the filter's catalogue routed by the HTTPRoute (and envoy.yaml's
+//! by its routes), and the Envoy Gateway-shaped configuration the gateway tests run in Envoy
+//! consistent with what these manifests ask Envoy Gateway for.
 
+mod catalogue;
 mod filter;
 mod references;
 mod schemas;

@@ -1,18 +1,20 @@
 //! k8s/ in the real Envoy Gateway: the scenario routed through the filter Envoy Gateway pulled
-//! from the registry, refusals that reach no backend, bodies past Envoy Gateway's default
-//! buffer, the body-access patch in Envoy's configuration, and a configuration change under
-//! traffic.
+//! from the registry, aliases and the model list from its catalogue, refusals that reach no
+//! backend, bodies past Envoy Gateway's default buffer, the body-access patch in Envoy's
+//! configuration, and a configuration change under traffic.
 
 use crate::{chat_body, Deployment};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::scenario::{LLAMA, MISTRAL, MODELS};
+use testkit::client::{request, send, Frames, Protocol};
+use testkit::scenario::{ALIASES, LLAMA, MISTRAL, MODELS};
 use testkit::{ensure, Outcome};
 
 testkit::cases!(Deployment;
     scenario_requests_reach_their_backends,
+    aliases_and_the_model_list_are_answered_from_the_catalogue,
     unknown_model_gets_the_catch_all_404,
     duplicate_model_is_refused_and_reaches_no_backend,
     body_over_the_default_buffer_is_routed_within_the_traffic_policy,
@@ -25,6 +27,53 @@ fn scenario_requests_reach_their_backends(deployment: &Deployment) -> Outcome {
         let (reply, tag) = deployment.post(&chat_body(model))?;
         deployment.expect_served(&reply, &tag, model)?;
     }
+    Ok(())
+}
+
+fn aliases_and_the_model_list_are_answered_from_the_catalogue(deployment: &Deployment) -> Outcome {
+    // llm-d-inference-sim answers only the names it serves: an alias reaches it rewritten.
+    for (alias, model) in ALIASES {
+        let (reply, tag) = deployment.post(&chat_body(alias))?;
+        deployment.expect_served(&reply, &tag, model)?;
+    }
+    let before = deployment.upstream_requests()?;
+    let get = |path: &str| {
+        let request = request("GET", path, &[], Frames::new([]));
+        deployment
+            .runtime
+            .block_on(send(deployment.gateway.listener, Protocol::Http1, request))
+    };
+    let reply = get("/v1/models")?;
+    ensure!(
+        reply.status == 200,
+        "GET /v1/models: {} {}",
+        reply.status,
+        reply.text()
+    );
+    let list = reply.json()?;
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    ensure!(
+        ids == MODELS && list["object"] == "list",
+        "GET /v1/models: {list}"
+    );
+    let reply = get("/v1/models/gpt-4o")?;
+    ensure!(
+        reply.status == 200 && reply.json()?["id"] == LLAMA,
+        "GET /v1/models/gpt-4o: {} {}",
+        reply.status,
+        reply.text()
+    );
+    let after = deployment.upstream_requests()?;
+    ensure!(
+        after == before,
+        "the model list took {} upstream requests",
+        after - before
+    );
     Ok(())
 }
 

@@ -142,6 +142,12 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
     println!(
+        "\nThe catalogue: the models, an alias (the backend gets the model's name), and audio:\n\n  \
+         curl {LISTENER}/v1/models\n  \
+         curl -H \"Content-Type: application/json\" -d '{{\"model\": \"gpt-4o\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}' {LISTENER}/v1/chat/completions\n  \
+         curl -F model=mistral -F file=@README.md {LISTENER}/v1/audio/transcriptions"
+    );
+    println!(
         "\nCounters: curl -s http://127.0.0.1:9901/stats | grep model_router.   Ctrl-C stops everything."
     );
     runtime.block_on(async {
