@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use model_router::request::multipart::MultipartError;
+use testkit::chunks::Rng;
 use testkit::form::{check, content_type, encode, reference, Part};
 
 const MAX_MODEL: usize = 64;
@@ -48,27 +49,6 @@ fn client_forms_split_at_every_byte_agree_with_the_reference() {
         }
         let bytes: Vec<&[u8]> = body.chunks(1).collect();
         check(boundary.as_bytes(), MAX_MODEL, &body, &bytes);
-    }
-}
-
-/// xorshift64*: deterministic, so a failure names its seed and replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
     }
 }
 

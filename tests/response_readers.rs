@@ -4,6 +4,7 @@
 //! random chunks.
 
 use std::fmt::Write;
+use testkit::chunks::{self, Rng};
 use testkit::usage_oracle::{
     check_document, check_stream, expected_events, oracle, read, read_events, EventView,
 };
@@ -67,27 +68,6 @@ fn real_answers_split_at_every_byte_agree_with_serde_json() {
             let bytes: Vec<&[u8]> = body.chunks(1).collect();
             assert_eq!(read_events(&bytes), (events, true), "{name} byte by byte");
         }
-    }
-}
-
-/// xorshift64*: deterministic, so a failure names its seed and replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
     }
 }
 
@@ -233,9 +213,9 @@ impl Writer<'_> {
                 self.space();
             }
             let key = if self.rng.chance(70) && !role.keys().is_empty() {
-                self.rng.pick(role.keys()).to_owned()
+                (*self.rng.pick(role.keys())).to_owned()
             } else if self.rng.chance(80) {
-                self.rng.pick(KEYS).to_owned()
+                (*self.rng.pick(KEYS)).to_owned()
             } else {
                 self.text()
             };
@@ -340,26 +320,13 @@ fn document(rng: &mut Rng, one_line: bool) -> String {
     writer.out
 }
 
-/// Splits `body` at random points.
-fn random_chunks<'a>(rng: &mut Rng, body: &'a [u8]) -> Vec<&'a [u8]> {
-    let mut chunks = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let size = 1 + rng.below(rest.len().min(24));
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    chunks
-}
-
 #[test]
 fn generated_documents_agree_with_serde_json_in_any_chunking() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut counted, mut content) = (0, 0);
     for _ in 0..30_000 {
         let body = document(&mut rng, false);
-        let chunks = random_chunks(&mut rng, body.as_bytes());
+        let chunks = chunks::random(&mut rng, body.as_bytes(), 24);
         check_document(body.as_bytes(), &chunks);
         if let Some(view) = read(&[body.as_bytes()]) {
             counted += usize::from(view.has_counts());
@@ -377,20 +344,8 @@ fn corrupted_documents_are_refused_or_agree_with_serde_json() {
     const BYTES: &[u8] = b"{}[]\",:\\u0aeE+-.  tfn\x00\x1f\x7f\x80\xc3\xed\xf4\xff";
     for _ in 0..30_000 {
         let mut body = document(&mut rng, false).into_bytes();
-        for _ in 0..1 + rng.below(3) {
-            if body.is_empty() {
-                break;
-            }
-            let at = rng.below(body.len());
-            match rng.below(3) {
-                0 => body[at] = BYTES[rng.below(BYTES.len())],
-                1 => body.insert(at, BYTES[rng.below(BYTES.len())]),
-                _ => {
-                    body.remove(at);
-                }
-            }
-        }
-        let chunks = random_chunks(&mut rng, &body);
+        chunks::corrupt(&mut rng, &mut body, BYTES);
+        let chunks = chunks::random(&mut rng, &body, 24);
         check_document(&body, &chunks);
     }
 }
@@ -458,7 +413,7 @@ fn generated_streams_agree_with_a_line_by_line_reading_in_any_chunking() {
     let (mut documents, mut cut) = (0, 0);
     for _ in 0..20_000 {
         let body = stream(&mut rng);
-        let chunks = random_chunks(&mut rng, &body);
+        let chunks = chunks::random(&mut rng, &body, 24);
         check_stream(&body, &chunks);
         let (events, complete) = expected_events(&body);
         documents += events

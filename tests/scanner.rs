@@ -2,6 +2,7 @@
 //! documents (random structure, escapes, whitespace and corruption) in random chunks.
 
 use std::fmt::Write;
+use testkit::chunks::{self, Rng};
 use testkit::oracle::{check, oracle, scan, Expected};
 
 #[test]
@@ -32,24 +33,6 @@ fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {
             "{} fed byte by byte",
             path.display()
         );
-    }
-}
-
-/// xorshift64*: deterministic, so a failure names its seed and replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
     }
 }
 
@@ -210,26 +193,13 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
     writer.out.into_bytes()
 }
 
-/// Splits `body` at random points.
-fn random_chunks<'a>(rng: &mut Rng, body: &'a [u8]) -> Vec<&'a [u8]> {
-    let mut chunks = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let size = 1 + rng.below(rest.len().min(16));
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    chunks
-}
-
 #[test]
 fn generated_documents_agree_with_serde_json_in_any_chunking() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut routed = 0;
     for _ in 0..20_000 {
         let body = generate(&mut rng);
-        let chunks = random_chunks(&mut rng, &body);
+        let chunks = chunks::random(&mut rng, &body, 16);
         check(&body, &chunks);
         routed += usize::from(matches!(scan(&[&body]), Expected::Model(Some(_))));
     }
@@ -246,20 +216,8 @@ fn corrupted_documents_are_refused_or_agree_with_serde_json() {
     const BYTES: &[u8] = b"{}[]\",:\\u0aeE+-.  tfn\x00\x1f\x7f\x80\xc3\xed\xf4\xff";
     for _ in 0..20_000 {
         let mut body = generate(&mut rng);
-        for _ in 0..1 + rng.below(3) {
-            if body.is_empty() {
-                break;
-            }
-            let at = rng.below(body.len());
-            match rng.below(3) {
-                0 => body[at] = BYTES[rng.below(BYTES.len())],
-                1 => body.insert(at, BYTES[rng.below(BYTES.len())]),
-                _ => {
-                    body.remove(at);
-                }
-            }
-        }
-        let chunks = random_chunks(&mut rng, &body);
+        chunks::corrupt(&mut rng, &mut body, BYTES);
+        let chunks = chunks::random(&mut rng, &body, 16);
         check(&body, &chunks);
     }
 }

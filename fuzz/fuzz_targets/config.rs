@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)));
     assert!(!settings.paths.is_empty());
-    assert!(settings.paths.iter().all(|p| p.starts_with('/') && !p.contains('?')));
+    assert!(settings
+        .paths
+        .iter()
+        .all(|p| p.starts_with('/') && !p.contains('?')));
     assert!((1..=MAX_BODY_BYTES_LIMIT).contains(&settings.max_body_bytes));
     assert!((1..=MAX_MODEL_BYTES_LIMIT).contains(&settings.max_model_bytes));
     let catalogue = &settings.catalogue;
@@ -25,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         for name in std::iter::once(&model.name).chain(&model.aliases) {
             assert!(check_model(name.as_bytes()).is_ok());
             assert!(name.len() <= settings.max_model_bytes);
-            assert_eq!(catalogue.lookup(name.as_bytes()).map(|m| &m.name), Some(&model.name));
+            assert_eq!(
+                catalogue.lookup(name.as_bytes()).map(|m| &m.name),
+                Some(&model.name)
+            );
         }
         assert!(check_model(model.upstream().as_bytes()).is_ok());
         for name in model.headers.keys() {

@@ -7,28 +7,22 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use testkit::chunks;
 use testkit::form;
 
-const BOUNDARIES: [&[u8]; 4] = [b"XyZ", b"a", b"----WebKitFormBoundary7MA4YWxkTrZu0gW", b"b:c=d?"];
+const BOUNDARIES: [&[u8]; 4] = [
+    b"XyZ",
+    b"a",
+    b"----WebKitFormBoundary7MA4YWxkTrZu0gW",
+    b"b:c=d?",
+];
 
 fuzz_target!(|data: &[u8]| {
     let [choice, count, rest @ ..] = data else {
         return;
     };
     let boundary = BOUNDARIES[usize::from(*choice) % BOUNDARIES.len()];
-    let count = usize::from(count % 8).min(rest.len());
-    let (offsets, body) = rest.split_at(count);
-    let mut cuts: Vec<usize> = offsets
-        .iter()
-        .map(|&o| if body.is_empty() { 0 } else { usize::from(o) % body.len() })
-        .collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for cut in cuts {
-        chunks.push(&body[start..cut]);
-        start = cut;
-    }
-    chunks.push(&body[start..]);
+    let count = usize::from(count % 8);
+    let (body, chunks) = chunks::from_fuzz_input(count, rest);
     form::check(boundary, 16, body, &chunks);
 });

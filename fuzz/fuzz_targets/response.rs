@@ -9,26 +9,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use testkit::chunks;
 use testkit::usage_oracle;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let count = usize::from((first >> 1) % 8).min(rest.len());
-    let (offsets, body) = rest.split_at(count);
-    let mut cuts: Vec<usize> = offsets
-        .iter()
-        .map(|&o| if body.is_empty() { 0 } else { usize::from(o) % body.len() })
-        .collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for cut in cuts {
-        chunks.push(&body[start..cut]);
-        start = cut;
-    }
-    chunks.push(&body[start..]);
+    let count = usize::from((first >> 1) % 8);
+    let (body, chunks) = chunks::from_fuzz_input(count, rest);
     if first & 1 == 0 {
         usage_oracle::check_document(body, &chunks);
     } else {

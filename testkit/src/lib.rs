@@ -10,6 +10,7 @@
 //! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
 //! output, parsed).
 
+pub mod chunks;
 pub mod form;
 pub mod oracle;
 
