@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use testkit::chunks::{self, Rng};
+use testkit::random_json::{RandomJson, Shape, Style};
 use testkit::usage_oracle::{
     check_document, check_stream, expected_events, oracle, read, read_events, EventView,
 };
@@ -102,164 +103,75 @@ const KEYS: &[&str] = &[
     "prompt_tokens_details_and_more_than_thirty_two_bytes",
 ];
 
-/// Writes random JSON text shaped like answers: known keys nested where they count (and
-/// elsewhere), counts of every type, escaped keys and strings, whitespace.
-struct Writer<'a> {
-    rng: &'a mut Rng,
-    out: String,
-    /// No raw line breaks (for event data).
-    one_line: bool,
+const STYLE: Style = Style {
+    pieces: &[
+        "", "a", "m/l:3.1", "é", "🙂", "\"", "\\", "\n", "x", "[DONE]",
+    ],
+    pieces_per_string: 4,
+    numbers: &[
+        "0",
+        "7",
+        "42",
+        "1000000000",
+        "1000000001",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-0",
+        "-3",
+        "2.5",
+        "1e3",
+        "1E+2",
+    ],
+    escape_percent: 8,
+    space_percent: 12,
+    one_line: false,
+    container_depth: 6,
+    array_items: 3,
+};
+
+/// Answers: known keys nested where they count (and elsewhere), counts of every type.
+impl Shape for Role {
+    /// An object whose keys are mostly the ones that count where it stands.
+    fn object(&self, json: &mut RandomJson<'_>, depth: usize) {
+        let role = *self;
+        json.object(
+            5,
+            |json| {
+                if json.rng.chance(70) && !role.keys().is_empty() {
+                    (*json.rng.pick(role.keys())).to_owned()
+                } else if json.rng.chance(80) {
+                    (*json.rng.pick(KEYS)).to_owned()
+                } else {
+                    json.text()
+                }
+            },
+            |json, key| value_of(json, key, depth),
+        );
+    }
 }
 
-impl Writer<'_> {
-    fn space(&mut self) {
-        while self.rng.chance(12) {
-            let spaces: &[char] = if self.one_line {
-                &[' ', '\t']
-            } else {
-                &[' ', '\t', '\n', '\r']
-            };
-            self.out.push(spaces[self.rng.below(spaces.len())]);
-        }
-    }
-
-    fn string(&mut self, text: &str) {
-        self.out.push('"');
-        for ch in text.chars() {
-            let escape = self.rng.chance(8);
-            match ch {
-                '"' => self.out.push_str("\\\""),
-                '\\' => self.out.push_str("\\\\"),
-                c if (c as u32) < 0x20 || escape => {
-                    let mut units = [0u16; 2];
-                    for unit in c.encode_utf16(&mut units) {
-                        let _ = write!(self.out, "\\u{unit:04x}");
-                    }
+/// A value for `key`, mostly of the type the key has in answers.
+fn value_of(json: &mut RandomJson<'_>, key: &str, depth: usize) {
+    let typical = json.rng.chance(75) && depth < 7;
+    match key {
+        _ if !typical => json.value(&Role::Any, depth),
+        "model" => json.text_string(),
+        "usage" => Role::Usage.object(json, depth + 1),
+        "response" | "message" => Role::Scope.object(json, depth + 1),
+        "prompt_tokens_details" | "input_tokens_details" => Role::Details.object(json, depth + 1),
+        "choices" | "tool_calls" => {
+            json.out.push('[');
+            for index in 0..json.rng.below(3) {
+                if index > 0 {
+                    json.out.push(',');
                 }
-                c => self.out.push(c),
+                Role::Choice.object(json, depth + 1);
             }
+            json.out.push(']');
         }
-        self.out.push('"');
-    }
-
-    fn text(&mut self) -> String {
-        const PIECES: &[&str] = &[
-            "", "a", "m/l:3.1", "é", "🙂", "\"", "\\", "\n", "x", "[DONE]",
-        ];
-        (0..self.rng.below(4))
-            .map(|_| PIECES[self.rng.below(PIECES.len())])
-            .collect()
-    }
-
-    fn number(&mut self) {
-        const NUMBERS: &[&str] = &[
-            "0",
-            "7",
-            "42",
-            "1000000000",
-            "1000000001",
-            "18446744073709551615",
-            "18446744073709551616",
-            "-0",
-            "-3",
-            "2.5",
-            "1e3",
-            "1E+2",
-        ];
-        let number = self.rng.pick(NUMBERS);
-        self.out.push_str(number);
-    }
-
-    fn value(&mut self, depth: usize) {
-        match self.rng.below(if depth > 5 { 4 } else { 7 }) {
-            0 | 1 => {
-                let text = self.text();
-                self.string(&text)
-            }
-            2 => self.number(),
-            3 => self
-                .out
-                .push_str(["true", "false", "null"][self.rng.below(3)]),
-            4 => self.array(depth + 1),
-            _ => self.object(depth + 1),
-        }
-    }
-
-    fn array(&mut self, depth: usize) {
-        self.out.push('[');
-        self.space();
-        for index in 0..self.rng.below(3) {
-            if index > 0 {
-                self.out.push(',');
-                self.space();
-            }
-            self.value(depth);
-            self.space();
-        }
-        self.out.push(']');
-    }
-
-    fn object(&mut self, depth: usize) {
-        self.object_as(depth, Role::Any);
-    }
-
-    /// An object whose keys are mostly the ones that count where it stands.
-    fn object_as(&mut self, depth: usize, role: Role) {
-        self.out.push('{');
-        self.space();
-        for index in 0..self.rng.below(5) {
-            if index > 0 {
-                self.out.push(',');
-                self.space();
-            }
-            let key = if self.rng.chance(70) && !role.keys().is_empty() {
-                (*self.rng.pick(role.keys())).to_owned()
-            } else if self.rng.chance(80) {
-                (*self.rng.pick(KEYS)).to_owned()
-            } else {
-                self.text()
-            };
-            self.string(&key);
-            self.space();
-            self.out.push(':');
-            self.space();
-            self.value_of(&key, depth);
-            self.space();
-        }
-        self.out.push('}');
-    }
-
-    /// A value for `key`, mostly of the type the key has in answers.
-    fn value_of(&mut self, key: &str, depth: usize) {
-        let typical = self.rng.chance(75) && depth < 7;
-        match key {
-            _ if !typical => self.value(depth),
-            "model" => {
-                let text = self.text();
-                self.string(&text)
-            }
-            "usage" => self.object_as(depth + 1, Role::Usage),
-            "response" | "message" => self.object_as(depth + 1, Role::Scope),
-            "prompt_tokens_details" | "input_tokens_details" => {
-                self.object_as(depth + 1, Role::Details)
-            }
-            "choices" | "tool_calls" => {
-                self.out.push('[');
-                for index in 0..self.rng.below(3) {
-                    if index > 0 {
-                        self.out.push(',');
-                    }
-                    self.object_as(depth + 1, Role::Choice);
-                }
-                self.out.push(']');
-            }
-            "delta" if self.rng.chance(50) => self.object_as(depth + 1, Role::Delta),
-            k if k.ends_with("tokens") => self.number(),
-            _ => {
-                let text = self.text();
-                self.string(&text)
-            }
-        }
+        "delta" if json.rng.chance(50) => Role::Delta.object(json, depth + 1),
+        k if k.ends_with("tokens") => json.number(),
+        _ => json.text_string(),
     }
 }
 
@@ -305,19 +217,7 @@ impl Role {
 }
 
 fn document(rng: &mut Rng, one_line: bool) -> String {
-    let mut writer = Writer {
-        rng,
-        out: String::new(),
-        one_line,
-    };
-    writer.space();
-    if writer.rng.chance(95) {
-        writer.object(1);
-    } else {
-        writer.value(1);
-    }
-    writer.space();
-    writer.out
+    RandomJson::document(rng, &Style { one_line, ..STYLE }, &Role::Any)
 }
 
 #[test]

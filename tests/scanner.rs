@@ -1,9 +1,9 @@
 //! The scanner against serde_json: real request bodies split at every byte, and generated
 //! documents (random structure, escapes, whitespace and corruption) in random chunks.
 
-use std::fmt::Write;
 use testkit::chunks::{self, Rng};
 use testkit::oracle::{check, oracle, scan, Expected};
+use testkit::random_json::{RandomJson, Shape, Style};
 
 #[test]
 fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {
@@ -36,161 +36,73 @@ fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {
     }
 }
 
-/// Writes random JSON text, sometimes escaping characters and padding with whitespace.
-struct Writer<'a> {
-    rng: &'a mut Rng,
-    out: String,
-}
+const STYLE: Style = Style {
+    pieces: &[
+        "model",
+        "mod",
+        "el",
+        "a",
+        " ",
+        "é",
+        "日本",
+        "🙂",
+        "\"",
+        "\\",
+        "/",
+        "\n",
+        "\t",
+        "\u{1}",
+        "mistral:latest",
+        "x",
+        "\u{7f}",
+        "\u{ffff}",
+    ],
+    pieces_per_string: 6,
+    numbers: &[
+        "0",
+        "-0",
+        "7",
+        "-12",
+        "3.25",
+        "1e5",
+        "-2.5E-3",
+        "1E+2",
+        "123456789012",
+    ],
+    escape_percent: 10,
+    space_percent: 15,
+    one_line: false,
+    container_depth: 7,
+    array_items: 4,
+};
 
-impl Writer<'_> {
-    fn space(&mut self) {
-        while self.rng.chance(15) {
-            self.out.push([' ', '\t', '\n', '\r'][self.rng.below(4)]);
-        }
-    }
+/// Request bodies: `model` keys (at the top and nested), often with string values.
+struct Request;
 
-    fn string(&mut self, text: &str) {
-        self.out.push('"');
-        for ch in text.chars() {
-            let escape = self.rng.chance(10);
-            match ch {
-                '"' => self.out.push_str("\\\""),
-                '\\' => self.out.push_str("\\\\"),
-                '\n' => self.out.push_str("\\n"),
-                '/' if escape => self.out.push_str("\\/"),
-                c if (c as u32) < 0x20 || escape => {
-                    let mut units = [0u16; 2];
-                    for unit in c.encode_utf16(&mut units) {
-                        let _ = write!(self.out, "\\u{unit:04x}");
-                    }
+impl Shape for Request {
+    fn object(&self, json: &mut RandomJson<'_>, depth: usize) {
+        json.object(
+            if depth == 1 { 6 } else { 4 },
+            |json| {
+                if json.rng.chance(30) {
+                    "model".to_owned()
+                } else {
+                    json.text()
                 }
-                c => self.out.push(c),
-            }
-        }
-        self.out.push('"');
-    }
-
-    fn text(&mut self) -> String {
-        const PIECES: &[&str] = &[
-            "model",
-            "mod",
-            "el",
-            "a",
-            " ",
-            "é",
-            "日本",
-            "🙂",
-            "\"",
-            "\\",
-            "/",
-            "\n",
-            "\t",
-            "\u{1}",
-            "mistral:latest",
-            "x",
-            "\u{7f}",
-            "\u{ffff}",
-        ];
-        (0..self.rng.below(6))
-            .map(|_| PIECES[self.rng.below(PIECES.len())])
-            .collect()
-    }
-
-    fn number(&mut self) {
-        const NUMBERS: &[&str] = &[
-            "0",
-            "-0",
-            "7",
-            "-12",
-            "3.25",
-            "1e5",
-            "-2.5E-3",
-            "1E+2",
-            "123456789012",
-        ];
-        self.out.push_str(NUMBERS[self.rng.below(NUMBERS.len())]);
-    }
-
-    fn value(&mut self, depth: usize) {
-        let kind = if depth > 6 {
-            self.rng.below(4)
-        } else {
-            self.rng.below(6)
-        };
-        match kind {
-            0 => {
-                let text = self.text();
-                self.string(&text)
-            }
-            1 => self.number(),
-            2 => self
-                .out
-                .push_str(["true", "false", "null"][self.rng.below(3)]),
-            3 => {
-                let text = self.text();
-                self.string(&text)
-            }
-            4 => self.array(depth + 1),
-            _ => self.object(depth + 1, false),
-        }
-    }
-
-    fn array(&mut self, depth: usize) {
-        self.out.push('[');
-        self.space();
-        for index in 0..self.rng.below(4) {
-            if index > 0 {
-                self.out.push(',');
-                self.space();
-            }
-            self.value(depth);
-            self.space();
-        }
-        self.out.push(']');
-    }
-
-    fn object(&mut self, depth: usize, top: bool) {
-        self.out.push('{');
-        self.space();
-        for index in 0..self.rng.below(if top { 6 } else { 4 }) {
-            if index > 0 {
-                self.out.push(',');
-                self.space();
-            }
-            let key = if self.rng.chance(30) {
-                "model".to_owned()
-            } else {
-                self.text()
-            };
-            self.string(&key);
-            self.space();
-            self.out.push(':');
-            self.space();
-            if key == "model" && self.rng.chance(70) {
-                let model = self.text();
-                self.string(&model);
-            } else {
-                self.value(depth);
-            }
-            self.space();
-        }
-        self.out.push('}');
+            },
+            |json, key| {
+                if key == "model" && json.rng.chance(70) {
+                    json.text_string();
+                } else {
+                    json.value(self, depth);
+                }
+            },
+        );
     }
 }
 
 fn generate(rng: &mut Rng) -> Vec<u8> {
-    let mut writer = Writer {
-        rng,
-        out: String::new(),
-    };
-    writer.space();
-    if writer.rng.chance(95) {
-        writer.object(1, true);
-    } else {
-        writer.value(1);
-    }
-    writer.space();
-    writer.out.into_bytes()
+    RandomJson::document(rng, &STYLE, &Request).into_bytes()
 }
 
 #[test]

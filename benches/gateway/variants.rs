@@ -169,20 +169,7 @@ pub fn envoy_with_filter(
         })
         .collect();
     let processor_cluster = processor.map_or(String::new(), |addr| {
-        format!(
-            r#"  - name: processor
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: processor
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-            addr.port()
-        )
+        testkit::envoy::grpc_cluster("processor", addr.port())
     });
     format!(
         r#"admin:

@@ -29,6 +29,24 @@ pub fn root() -> &'static Path {
         .expect("testkit lives in the repository")
 }
 
+/// A static cluster (a `clusters:` list item at indent 2) speaking HTTP/2 without TLS to one
+/// loopback port: how Envoy reaches a gRPC service (ext_proc, the rate limit service).
+pub fn grpc_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+"#
+    )
+}
+
 /// envoy.yaml as the tests run it: free ports, the backends' real ports, the built filter.
 pub struct LocalGateway {
     config: String,

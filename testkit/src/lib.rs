@@ -2,7 +2,8 @@
 //!
 //! Always: [`oracle`], serde_json's reading of a body as the scanner must report it, and
 //! [`usage_oracle`], the same for the response readers, and [`form`], multipart forms and the
-//! multipart scanner's reference reading. With the
+//! multipart scanner's reference reading, [`chunks`] (seeded randomness, chunkings,
+//! corruption) and [`random_json`] (random valid JSON shaped by the test). With the
 //! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
 //! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
 //! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
@@ -13,6 +14,7 @@
 pub mod chunks;
 pub mod form;
 pub mod oracle;
+pub mod random_json;
 
 #[cfg(feature = "gateway")]
 pub mod cases;

@@ -472,24 +472,13 @@ fn without_a_catalogue_models_are_routed_as_sent(world: &World) -> Outcome {
         "not the route table's answer: {line}"
     );
     // An alias is just another name, which no route matches.
-    let (reply, tag) = world.exchange_at(
+    let (reply, tag) = world.chat_at(
         envoy.listener,
-        Protocol::Http1,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        vec![Bytes::from(crate::chat_body("gpt-4o").to_string())],
+        crate::chat_body("gpt-4o").to_string().as_bytes(),
     )?;
     world.expect_refused(&reply, &tag, 404, "model_not_found")?;
     let body = crate::chat_body(MISTRAL).to_string();
-    let (reply, tag) = world.exchange_at(
-        envoy.listener,
-        Protocol::Http1,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        vec![Bytes::from(body.clone())],
-    )?;
+    let (reply, tag) = world.chat_at(envoy.listener, body.as_bytes())?;
     world.expect_routed(&reply, &tag, MISTRAL)?;
     expect_backend_body(world, &tag, body.as_bytes(), false)
 }

@@ -143,14 +143,8 @@ fn slow_client_times_out_without_blocking_others(world: &World) -> Outcome {
     };
     // Meanwhile every worker keeps serving.
     for model in [LLAMA, MISTRAL, PLAIN].repeat(10) {
-        let (reply, other) = world.exchange_at(
-            envoy.listener,
-            Protocol::Http1,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            vec![Bytes::from(chat_body(model).to_string())],
-        )?;
+        let (reply, other) =
+            world.chat_at(envoy.listener, chat_body(model).to_string().as_bytes())?;
         world.expect_routed(&reply, &other, model)?;
     }
     slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -263,14 +257,8 @@ fn a_pool_replica_down_is_retried_on_the_others(world: &World) -> Outcome {
     replica.stop();
     let served = (|| {
         for _ in 0..30 {
-            let (reply, tag) = world.exchange_at(
-                envoy.listener,
-                Protocol::Http1,
-                "POST",
-                "/v1/chat/completions",
-                &[],
-                vec![Bytes::from(chat_body(MISTRAL).to_string())],
-            )?;
+            let (reply, tag) =
+                world.chat_at(envoy.listener, chat_body(MISTRAL).to_string().as_bytes())?;
             world.expect_routed(&reply, &tag, MISTRAL)?;
         }
         Ok::<_, String>(())

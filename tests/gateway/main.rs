@@ -133,6 +133,18 @@ impl World {
         self.post("/v1/chat/completions", body.to_string().as_bytes(), &[])
     }
 
+    /// POSTs `body` to another gateway's /v1/chat/completions over HTTP/1.1.
+    pub fn chat_at(&self, listener: SocketAddr, body: &[u8]) -> Result<(Reply, String), String> {
+        self.exchange_at(
+            listener,
+            Protocol::Http1,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            vec![Bytes::copy_from_slice(body)],
+        )
+    }
+
     /// Checks that the reply came from a replica of `model`'s pool, which saw exactly one
     /// routing header equal to `model`, and that no other backend saw the request.
     pub fn expect_routed(&self, reply: &Reply, tag: &str, model: &str) -> Outcome {

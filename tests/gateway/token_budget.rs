@@ -116,18 +116,8 @@ fn start(world: &World, budget: u64) -> Result<Budgets, String> {
     )?;
 
     let cluster = format!(
-        r#"  clusters:
-  - name: ratelimit
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: ratelimit
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }} }} }} }}] }}]
-"#
+        "  clusters:\n{}",
+        testkit::envoy::grpc_cluster("ratelimit", grpc_port)
     );
     let route = |cluster: &str, retry: &str| {
         format!("                route: {{ cluster: {cluster}, timeout: 300s, retry_policy: {retry} }}\n{TOKEN_BUDGET}")
