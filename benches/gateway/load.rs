@@ -197,8 +197,11 @@ pub fn run_wrk(
 const LATENCY_CONNECTIONS: usize = 4;
 
 /// Requests at a fixed low rate (open loop: each is due at its own time, whatever the others
-/// do) over a few keep-alive connections; latency percentiles without queueing. Latency counts
-/// from when a request was due, so a stall is not hidden by the requests it delayed.
+/// do) over a few keep-alive connections, with their content-length as the SDKs send them;
+/// latency percentiles without queueing. A request its connection could not send when due,
+/// because the previous answer had not come, counts from when it was due, so a stall is not
+/// hidden by the requests it delayed; one sent on time counts from when it was sent, so the
+/// client's own timer (which wakes up to a millisecond late) is not counted.
 pub fn fixed_rate(
     runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -207,6 +210,7 @@ pub fn fixed_rate(
     seconds: u64,
 ) -> Latency {
     let body = bytes::Bytes::from(std::fs::read(&workload.file).expect("workload body"));
+    let length = body.len().to_string();
     let rate = workload.latency_rate();
     let total = rate as usize * seconds as usize;
     let interval = Duration::from_secs(1) / rate;
@@ -216,15 +220,28 @@ pub fn fixed_rate(
         let start = tokio::time::Instant::now();
         let tasks: Vec<_> = (0..LATENCY_CONNECTIONS)
             .map(|connection| {
-                let (body, header, content_type) =
-                    (body.clone(), header.clone(), content_type.clone());
+                let (body, header, content_type, length) = (
+                    body.clone(),
+                    header.clone(),
+                    content_type.clone(),
+                    length.clone(),
+                );
                 tokio::spawn(async move {
                     let mut client = Connection::open(addr, Protocol::Http1).await.ok();
                     let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    let mut answered = start;
                     for index in (connection..total).step_by(LATENCY_CONNECTIONS) {
                         let due = start + interval * index as u32;
                         tokio::time::sleep_until(due).await;
-                        let mut headers = vec![("content-type", content_type.as_str())];
+                        let origin = if answered > due {
+                            due
+                        } else {
+                            tokio::time::Instant::now()
+                        };
+                        let mut headers = vec![
+                            ("content-type", content_type.as_str()),
+                            ("content-length", length.as_str()),
+                        ];
                         if let Some(model) = &header {
                             headers.push(("x-ai-eg-model", model));
                         }
@@ -234,9 +251,10 @@ pub fn fixed_rate(
                             Some(connection) => connection.send(request).await,
                             None => Err("not connected".to_owned()),
                         };
+                        answered = tokio::time::Instant::now();
                         match reply {
                             Ok(reply) if reply.status == 200 => {
-                                latencies.push(due.elapsed().as_secs_f64() * 1e6)
+                                latencies.push((answered - origin).as_secs_f64() * 1e6)
                             }
                             _ => {
                                 errors += 1;
