@@ -20,8 +20,6 @@ cd "$(dirname "$0")"
 ENVOY_VERSION=1.40.0
 LITELLM_VERSION=1.81.16
 CARGO_FUZZ_VERSION=0.13.2
-# The OpenAI Python SDK the gateway tests drive the gateway with (.venv-clients).
-OPENAI_SDK_VERSION=3.57.0
 # Go programs, built from their own modules at these versions into target/tools/bin.
 YQ_MODULE=github.com/mikefarah/yq/v4@v4.54.3
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
@@ -37,7 +35,7 @@ export AIGW_MODULE=github.com/envoyproxy/ai-gateway/cmd/aigw@v1.0.0
 # release on the module proxy: pinned to a commit (January 2026) that has per-descriptor
 # hits_addend (a check that adds nothing).
 RATELIMIT_MODULE=github.com/envoyproxy/ratelimit/src/service_cmd@v1.4.1-0.20260122083618-3fb702589d36
-# The Python SDKs the client tests drive the gateway with.
+# The OpenAI and Anthropic Python SDKs the gateway tests drive the gateway with (.venv-clients).
 OPENAI_SDK_VERSION=3.57.0
 ANTHROPIC_SDK_VERSION=2.14.0
 

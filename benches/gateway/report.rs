@@ -183,7 +183,7 @@ pub fn markdown(
     for (name, version) in versions {
         let _ = writeln!(out, "- {name}: {version}");
     }
-    let _ = writeln!(out, "- load: wrk -t1 -c{CONCURRENCY} -d{seconds}s (HTTP/1.1 keep-alive); latency: {LATENCY_RATE} requests/s ({LATENCY_RATE_1MIB} with 1 MiB bodies) for {seconds}s over 4 keep-alive connections, open loop, timed from when each request was due");
+    let _ = writeln!(out, "- load: wrk -t1 -c{CONCURRENCY} -d{seconds}s (HTTP/1.1 keep-alive); latency: {LATENCY_RATE} requests/s ({LATENCY_RATE_1MIB} with 1 MiB bodies) for {seconds}s over 4 keep-alive connections, open loop, each request timed from when it was sent, or from when it was due if its connection was still waiting for the previous answer");
     let _ = writeln!(out, "- backend: llm-sim, zero latency, `max_tokens: 1`; everything on this machine's loopback; every Envoy with 2 workers");
     let _ = writeln!(out, "- {rounds} rounds; in each, every variant runs every workload, the variants' order rotating from round to round. Values are medians over the rounds; `x` is the ratio to variant 1 (header routing) in the same round, as `median (lowest-highest)` over the rounds. CPU is that of the proxy's processes (Envoy, plus the processor's process for ext_proc and Envoy AI Gateway), in us per request\n");
     for (w, workload) in summary.workloads.iter().enumerate() {
