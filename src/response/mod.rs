@@ -381,7 +381,8 @@ impl Timing {
 mod tests {
     use super::*;
 
-    fn usage(input: u64, output: u64, cached: Option<u64>, total: u64) -> Usage {
+    /// A usage with every count given (also for the observer's tests).
+    pub(super) fn usage(input: u64, output: u64, cached: Option<u64>, total: u64) -> Usage {
         Usage {
             input: Some(input),
             output: Some(output),

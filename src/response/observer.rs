@@ -207,6 +207,7 @@ fn is_json(media: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::response::tests::usage;
     use crate::response::usage::ModelName;
 
     fn observe(content_type: &str, chunks: &[&[u8]], complete: bool) -> Report {
@@ -215,15 +216,6 @@ mod tests {
             observer.feed(chunk);
         }
         observer.finish(complete)
-    }
-
-    fn usage(input: u64, output: u64, cached: Option<u64>, total: u64) -> Usage {
-        Usage {
-            input: Some(input),
-            output: Some(output),
-            cached,
-            total: Some(total),
-        }
     }
 
     #[test]
