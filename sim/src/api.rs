@@ -193,20 +193,10 @@ async fn answer(
                     )
                 }
             };
-            let Some(model) = request["model"].as_str().map(str::to_owned) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "'model' is required",
-                    "missing_model",
-                );
+            let model = match served_model(&replica, request["model"].as_str()) {
+                Ok(model) => model.to_owned(),
+                Err(refusal) => return *refusal,
             };
-            if !replica.config.models.contains(&model) {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("The model `{model}` does not exist."),
-                    "model_not_found",
-                );
-            }
             match fault {
                 Fault::NotJson => {
                     return full(
@@ -265,6 +255,28 @@ pub fn full(
         HeaderValue::from_str(&replica.id).expect("replica id"),
     );
     response
+}
+
+/// The request's model when this replica serves it, else the refusal vLLM answers with.
+pub fn served_model<'a>(
+    replica: &Replica,
+    model: Option<&'a str>,
+) -> Result<&'a str, Box<Response<ResponseBody>>> {
+    let Some(model) = model else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "'model' is required",
+            "missing_model",
+        )));
+    };
+    if !replica.config.models.iter().any(|served| served == model) {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+            "model_not_found",
+        )));
+    }
+    Ok(model)
 }
 
 pub fn error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {

@@ -2,7 +2,7 @@
 //! as a real server reads it, and answered in OpenAI's transcription shape with what was
 //! received (the model field, the file's name and size) so that a test can check both.
 
-use crate::api::{error, full, json_response, ResponseBody};
+use crate::api::{error, full, json_response, served_model, ResponseBody};
 use crate::Replica;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
@@ -68,20 +68,10 @@ pub async fn transcription(
             )
         }
     };
-    let Some(model) = form.model else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "'model' is required",
-            "missing_model",
-        );
+    let model = match served_model(replica, form.model.as_deref()) {
+        Ok(model) => model,
+        Err(refusal) => return *refusal,
     };
-    if !replica.config.models.contains(&model) {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("The model `{model}` does not exist."),
-            "model_not_found",
-        );
-    }
     let Some((file_name, file_bytes)) = form.file else {
         return error(
             StatusCode::BAD_REQUEST,
