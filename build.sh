@@ -190,7 +190,7 @@ run_gateway() {
 # What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
 ensure_test_tools() {
   apt_install wrk skopeo docker-registry valgrind
-  if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
+  if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep "^Version: $LITELLM_VERSION$" >/dev/null; then
     log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
     python3 -m venv .venv-litellm
     .venv-litellm/bin/pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
@@ -210,8 +210,8 @@ ensure_test_tools() {
 
 # The OpenAI and Anthropic Python SDKs at pinned versions, in their own venv.
 ensure_python_clients() {
-  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$" &&
-    .venv-clients/bin/pip show anthropic 2>/dev/null | grep -q "^Version: $ANTHROPIC_SDK_VERSION$"; }; then
+  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep "^Version: $OPENAI_SDK_VERSION$" >/dev/null &&
+    .venv-clients/bin/pip show anthropic 2>/dev/null | grep "^Version: $ANTHROPIC_SDK_VERSION$" >/dev/null; }; then
     log "installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv-clients"
     python3 -m venv .venv-clients
     .venv-clients/bin/pip install --quiet "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION"

@@ -1,8 +1,9 @@
 //! The scanner against serde_json: real request bodies split at every byte, and generated
-//! documents (random structure, escapes, whitespace and corruption) in random chunks.
+//! documents (random structure, escapes, whitespace and corruption) in random chunks; with
+//! them the prompt template it builds for the endpoint picker, against GIE's reading.
 
 use std::fmt::Write;
-use testkit::oracle::{check, oracle, scan, Expected};
+use testkit::oracle::{check, check_prompt, oracle, prompt_oracle, scan, Expected};
 
 #[test]
 fn corpus_bodies_split_at_every_byte_agree_with_serde_json() {
@@ -261,5 +262,143 @@ fn corrupted_documents_are_refused_or_agree_with_serde_json() {
         }
         let chunks = random_chunks(&mut rng, &body);
         check(&body, &chunks);
+    }
+}
+
+impl Writer<'_> {
+    /// A chat-like top level: `messages` (sometimes twice, sometimes not an array), messages
+    /// with `role` and `content` in any order, duplicated, of any type, array content parts,
+    /// a `prompt`, escaped keys, noise around them.
+    fn chat(&mut self) {
+        self.out.push('{');
+        let mut first = true;
+        for _ in 0..1 + self.rng.below(5) {
+            if !first {
+                self.out.push(',');
+            }
+            first = false;
+            self.space();
+            match self.rng.below(6) {
+                0..=2 => {
+                    self.string("messages");
+                    self.out.push(':');
+                    if self.rng.chance(90) {
+                        self.messages();
+                    } else {
+                        self.value(2);
+                    }
+                }
+                3 => {
+                    self.string("prompt");
+                    self.out.push(':');
+                    if self.rng.chance(80) {
+                        let text = self.long_text();
+                        self.string(&text);
+                    } else {
+                        self.value(2);
+                    }
+                }
+                4 => {
+                    self.string("model");
+                    self.out.push_str(":\"m\"");
+                }
+                _ => {
+                    let key = self.text();
+                    self.string(&key);
+                    self.out.push(':');
+                    self.value(2);
+                }
+            }
+            self.space();
+        }
+        self.out.push('}');
+    }
+
+    fn messages(&mut self) {
+        self.out.push('[');
+        for index in 0..self.rng.below(5) {
+            if index > 0 {
+                self.out.push(',');
+            }
+            self.space();
+            if self.rng.chance(10) {
+                self.value(3);
+                continue;
+            }
+            self.out.push('{');
+            for field in 0..self.rng.below(5) {
+                if field > 0 {
+                    self.out.push(',');
+                }
+                let key = [
+                    "role",
+                    "content",
+                    "content",
+                    "role",
+                    "name",
+                    "tool_calls",
+                    "Role",
+                ][self.rng.below(7)];
+                self.string(key);
+                self.out.push(':');
+                self.space();
+                match self.rng.below(8) {
+                    0 => self.out.push_str(r#"[{"type":"text","text":"part"}]"#),
+                    1 => self.value(4),
+                    _ => {
+                        let text = self.long_text();
+                        self.string(&text);
+                    }
+                }
+            }
+            self.out.push('}');
+        }
+        self.out.push(']');
+    }
+
+    /// Text of up to a few hundred bytes, to cross the template's limit.
+    fn long_text(&mut self) -> String {
+        let mut text = self.text();
+        if self.rng.chance(30) {
+            text.push_str(&"The quick brown fox. ".repeat(self.rng.below(12)));
+        }
+        text
+    }
+}
+
+#[test]
+fn chat_bodies_give_gie_s_prompt_in_any_chunking() {
+    let mut rng = Rng(0x0005_eed0_f9c1);
+    let mut prompts = 0;
+    let mut truncated = 0;
+    for round in 0..20_000 {
+        let mut writer = Writer {
+            rng: &mut rng,
+            out: String::new(),
+        };
+        writer.chat();
+        let body = writer.out.into_bytes();
+        let chunks = random_chunks(&mut rng, &body);
+        check(&body, &chunks);
+        let limit = if round % 2 == 0 { 96 } else { 16 * 1024 };
+        check_prompt(&body, &chunks, limit);
+        let full = prompt_oracle(&body, usize::MAX);
+        prompts += usize::from(full.as_ref().is_some_and(|p| !p.is_empty()));
+        truncated += usize::from(full.is_some_and(|p| p.len() > 96));
+    }
+    assert!(
+        prompts > 3_000 && truncated > 1_000,
+        "{prompts} prompts, {truncated} over 96 bytes"
+    );
+}
+
+#[test]
+fn corpus_prompts_agree_with_gie_split_at_every_byte() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let body = std::fs::read(entry.unwrap().path()).unwrap();
+        for at in 0..=body.len() {
+            check_prompt(&body, &[&body[..at], &body[at..]], 16 * 1024);
+        }
     }
 }
