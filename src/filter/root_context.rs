@@ -95,6 +95,9 @@ impl RootContext for ModelRouterRoot {
         };
         if let Some(picker) = &picker {
             WorkerPicker::publish_targets(&settings);
+            // The snapshot the singleton already holds (a reconfigured filter picks at once),
+            // then a copy every period.
+            picker.refresh(self.get_current_time());
             let _ = hostcalls::set_tick_period(picker.period());
             for pool in &settings.pools {
                 info!(

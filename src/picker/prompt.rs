@@ -78,13 +78,19 @@ enum Capture {
 impl PromptTemplate {
     /// A template keeping the first `limit` bytes of the prompt.
     pub fn new(limit: usize) -> Self {
+        // The text and a message's content reach the limit on any long prompt: allocated at
+        // once, they never grow by doubling, which would leave freed blocks behind in the
+        // VM's linear memory (it never shrinks).
         Self {
             limit,
             source: Source::None,
             messages_seen: false,
-            text: Vec::new(),
+            text: Vec::with_capacity(limit),
             role: FieldValue::default(),
-            content: FieldValue::default(),
+            content: FieldValue {
+                seen: None,
+                text: Vec::with_capacity(limit),
+            },
             capturing: None,
         }
     }

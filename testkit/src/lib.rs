@@ -1,6 +1,6 @@
 //! What the tests, benchmarks and fuzz targets share, so each says only what it proves.
 //!
-//! Always: [`oracle`], serde_json's reading of a body as the scanner must report it, and
+//! Always: [`bench`] (the benchmarks' summary line), [`oracle`], serde_json's reading of a body as the scanner must report it, and
 //! [`usage_oracle`], the same for the response readers, and [`form`], multipart forms and the
 //! multipart scanner's reference reading. With the
 //! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
@@ -10,6 +10,7 @@
 //! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
 //! output, parsed).
 
+pub mod bench;
 pub mod form;
 pub mod oracle;
 
