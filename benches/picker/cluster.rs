@@ -32,8 +32,9 @@ impl Policy {
 
 /// The replicas' flags: the KV cache and its prefix hits simulated, prefill time per prompt
 /// token (a prefix hit skips the cached tokens), five sequences at a time as vLLM's default.
-/// A replica's KV cache (2,048 blocks of 16 tokens) holds about 14 of the workload's 2,048-token
-/// system prompts: the 64 groups fit in six caches only when each replica keeps to its own.
+/// A replica's KV cache (4,096 blocks of 16 tokens, 65,536 tokens: a small GPU's) holds about
+/// 28 of the workload's 64 prompt prefixes: all of them fit in the six caches only when each
+/// replica keeps to its own groups (or two copies of each, one per Envoy worker).
 const REPLICA_FLAGS: [&str; 16] = [
     "--enable-kvcache",
     "--latency-calculator",
@@ -47,7 +48,7 @@ const REPLICA_FLAGS: [&str; 16] = [
     "--max-num-seqs",
     "5",
     "--kv-cache-size",
-    "2048",
+    "4096",
     "--block-size",
     "16",
     "--seed=7",

@@ -15,13 +15,14 @@
 
 mod cluster;
 mod load;
+mod native;
 mod report;
 
 use cluster::{Policy, MODEL};
 use load::{Sizes, Step, Workload};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use testkit::process::{cpu_seconds, required_file};
+use testkit::process::required_file;
 
 /// What one run measures.
 struct Plan {
@@ -135,7 +136,14 @@ fn main() -> std::process::ExitCode {
         }
         results.push((*workload, runs));
     }
-    let markdown = report::markdown(&results, plan, started.elapsed());
+    let bodies: Vec<Vec<u8>> = {
+        let mut rng = load::Rng::new(99);
+        (0..64)
+            .map(|n| plan.shared.body(MODEL, plan.sizes, n, &mut rng))
+            .collect()
+    };
+    let native = native::cost_us(&bodies, MODEL, if smoke { 200 } else { 20_000 });
+    let markdown = report::markdown(&results, plan, native, started.elapsed());
     println!("{markdown}");
     if !smoke && failures.is_empty() {
         let results_dir = testkit::envoy::root().join("benches/results");
@@ -224,4 +232,20 @@ fn run(
         cpu_us_per_request: cpu * 1e6 / answered.max(1) as f64,
         idle_cpu_ms_per_s: idle_rate * 1e3,
     })
+}
+
+/// CPU seconds `pid` has run, every thread counted, to the nanosecond (/proc/PID/task/*/
+/// schedstat; /proc/PID/stat counts in 10 ms ticks, too coarse for a few microseconds per
+/// request).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let nanoseconds: u64 = tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    nanoseconds as f64 / 1e9
 }

@@ -3,6 +3,7 @@
 //! picks for each routed request of a pool, with the counters that show it.
 
 use crate::config::Settings;
+use crate::picker::hints::{GroupHints, HINTS_KEY, NEW_GROUPS_QUEUE};
 use crate::picker::scorers::Rng;
 use crate::picker::snapshot::{Snapshot, Targets, SNAPSHOT_KEY, TARGETS_KEY};
 use crate::picker::{prompt::block_hashes, Picker};
@@ -33,6 +34,11 @@ pub struct WorkerPicker {
     stats: Vec<PoolStats>,
     /// The snapshot version last copied.
     snapshot_cas: Cell<Option<u32>>,
+    /// The group hints' version last copied.
+    hints_cas: Cell<Option<u32>>,
+    /// The singleton's queue of new groups, once resolved; this VM's id names it.
+    new_groups: Cell<Option<u32>>,
+    vm_id: String,
     /// Whether the missing snapshot was reported.
     warned: Cell<bool>,
     pub destination_header: String,
@@ -87,6 +93,13 @@ impl WorkerPicker {
             picker: RefCell::new(picker),
             stats,
             snapshot_cas: Cell::new(None),
+            hints_cas: Cell::new(None),
+            new_groups: Cell::new(None),
+            vm_id: hostcalls::get_property(vec!["plugin_vm_id"])
+                .ok()
+                .flatten()
+                .and_then(|id| String::from_utf8(id.to_vec()).ok())
+                .unwrap_or_default(),
             warned: Cell::new(false),
             destination_header: settings.picker.destination_header.clone(),
             objective_header: settings
@@ -132,7 +145,30 @@ impl WorkerPicker {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.picker.borrow_mut().refresh(snapshot.as_ref(), now_ms);
+        let mut picker = self.picker.borrow_mut();
+        picker.refresh(snapshot.as_ref(), now_ms);
+        let (data, cas) = hostcalls::get_shared_data(HINTS_KEY).unwrap_or((None, None));
+        if cas != self.hints_cas.replace(cas) {
+            if let Some(hints) = data.and_then(|d| GroupHints::from_bytes(&d)) {
+                picker.set_hints(hints);
+            }
+        }
+    }
+
+    /// Tells the other workers, through the singleton's queue, where a new group went.
+    fn announce(&self, group: crate::picker::hints::NewGroup) {
+        let queue = match self.new_groups.get() {
+            Some(queue) => queue,
+            None => match hostcalls::resolve_shared_queue(&self.vm_id, NEW_GROUPS_QUEUE) {
+                Ok(Some(queue)) => {
+                    self.new_groups.set(Some(queue));
+                    queue
+                }
+                // No singleton (yet): the other workers learn the group from their own picks.
+                _ => return,
+            },
+        };
+        let _ = hostcalls::enqueue_shared_queue(queue, Some(&group.to_bytes()));
     }
 
     /// Whether a request naming `objective` may be shed.
@@ -162,6 +198,9 @@ impl WorkerPicker {
             )
         });
         let decision = picker.pick(pool, &hashes);
+        if let Some(group) = decision.new_group {
+            self.announce(group);
+        }
         increment(stats.picks[decision.order[0]], 1);
         if decision.total_blocks > 0 {
             increment(stats.prefix_blocks, u64::from(decision.total_blocks));

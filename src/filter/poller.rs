@@ -3,13 +3,15 @@
 //! [`crate::picker::POLLER_ROOT_ID`], the filter's `vm_id`). On its timer it polls every endpoint
 //! the filter's pools list ([`Poller`] decides which are due) with `dispatch_http_call` through
 //! the ORIGINAL_DST metrics cluster, and writes each new [`crate::picker::Snapshot`] to shared
-//! data, where the filter's workers read it.
+//! data, where the filter's workers read it. It also takes the new prefix groups the workers
+//! send on its shared queue and publishes where each went ([`crate::picker::hints`]).
 //!
 //! Why a singleton and shared data: shared data is process-wide per `vm_id` (proxy-wasm-cpp-host
 //! keys it by the VM's configured `vm_id`), so one poller serves every worker, and a worker reads
 //! the latest value whenever it likes, never a backlog; polling from each worker would multiply
 //! the model servers' scrapes by the number of workers.
 
+use crate::picker::hints::{GroupHints, NewGroup, HINTS_KEY, NEW_GROUPS_QUEUE};
 use crate::picker::poller::Poller;
 use crate::picker::snapshot::{Targets, SNAPSHOT_KEY, TARGETS_KEY};
 use log::{debug, info, warn};
@@ -42,12 +44,47 @@ pub struct MetricsPoller {
     /// When the current targets were taken (for the age of endpoints never fetched).
     since_ms: u64,
     period: Option<Duration>,
+    /// The workers' new groups come in on this queue; the table goes out in shared data.
+    new_groups: Option<u32>,
+    hints: GroupHints,
+    /// Counter of the new groups recorded.
+    new_groups_counter: u32,
 }
 
 impl MetricsPoller {
     pub fn start(&mut self, context: &dyn Context) {
         info!("metrics singleton started: polling the pools the model-router filter publishes");
+        self.new_groups_counter = define(MetricType::Counter, "model_router.picker.new_groups");
+        match hostcalls::register_shared_queue(NEW_GROUPS_QUEUE) {
+            Ok(queue) => self.new_groups = Some(queue),
+            Err(status) => warn!(
+                "cannot register the shared queue {NEW_GROUPS_QUEUE} ({status:?}): each \
+                 worker learns prefix groups on its own"
+            ),
+        }
         self.set_period(context, IDLE_PERIOD);
+    }
+
+    /// Records the new groups the workers sent, and publishes the table if any came.
+    fn take_new_groups(&mut self, context: &dyn Context) {
+        let Some(queue) = self.new_groups else {
+            return;
+        };
+        let mut taken = false;
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
+            if let Some(group) = NewGroup::from_bytes(&bytes) {
+                self.hints.record(group);
+                increment(self.new_groups_counter);
+                taken = true;
+            }
+        }
+        if taken {
+            if let Err(status) =
+                context.set_shared_data(HINTS_KEY, Some(&self.hints.to_bytes()), None)
+            {
+                warn!("cannot write the group hints to shared data: {status:?}");
+            }
+        }
     }
 
     fn set_period(&mut self, _context: &dyn Context, period: Duration) {
@@ -60,6 +97,7 @@ impl MetricsPoller {
     pub fn on_tick(&mut self, context: &dyn Context) {
         let now = now_ms(context);
         self.retarget(context, now);
+        self.take_new_groups(context);
         for index in self.poller.due(now) {
             self.send(context, index);
         }

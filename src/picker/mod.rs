@@ -6,7 +6,8 @@
 //! template, built from the strings the request scanner decodes, and its block hashes),
 //! [`xxhash`], [`prefix`] (the per-endpoint LRU of block hashes), [`scorers`] (scores, the
 //! picker, its randomness), [`metrics_text`] (the model servers' Prometheus text), [`snapshot`]
-//! (what crosses Envoy's shared data), [`poller`] (the metrics singleton's schedule) and
+//! (what crosses Envoy's shared data), [`poller`] (the metrics singleton's schedule), [`hints`]
+//! (where the workers sent new prefix groups) and
 //! [`Picker`] below (a worker's view of the pools, and the pick).
 //!
 //! How it runs in Envoy (`src/filter/`): a singleton VM (the `envoy.bootstrap.wasm` extension
@@ -23,12 +24,14 @@
 //! even needed with one writer, and polling from every worker would multiply the model
 //! servers' scrapes by the number of workers. The prefix index stays per worker: looking it
 //! up through shared data would cost host calls per block, and each worker's picks are what
-//! it knows. So that a prefix group reaching two workers does not warm two replicas, ties are
-//! broken by rendezvous hashing of the request's first block ([`scorers`]): workers with the
-//! same snapshot and no holder of the group pick the same replica. When the loads differ
-//! between a worker's picks, a group can still be warmed on a second replica.
+//! it knows. So that a prefix group reaching several workers does not warm a replica per
+//! worker, a worker that sends a new group somewhere tells the others through the singleton
+//! ([`hints`]: a shared queue in, a table in shared data out, tens of milliseconds behind),
+//! and ties are broken by rendezvous hashing of the request's first block ([`scorers`]), so
+//! that workers meeting a group at the same moment with the same snapshot agree anyway.
 
 pub mod config;
+pub mod hints;
 pub mod metrics_text;
 pub mod poller;
 pub mod prefix;
@@ -38,6 +41,7 @@ pub mod snapshot;
 pub mod xxhash;
 
 use config::{Pool, Shedding};
+use hints::{GroupHints, NewGroup};
 use prefix::PrefixIndex;
 use scorers::{max_score_order, rendezvous, totals, Candidate, Rng};
 pub use snapshot::Snapshot;
@@ -76,6 +80,9 @@ pub struct Decision {
     /// Blocks of the request the pick held, and the request's blocks (the prefix-match ratio).
     pub matched_blocks: u32,
     pub total_blocks: u32,
+    /// Set when no endpoint held the prompt's first block and no hint named one: what to tell
+    /// the other workers ([`hints`]).
+    pub new_group: Option<NewGroup>,
 }
 
 /// Every pool, as one worker sees them. See the module docs.
@@ -84,6 +91,8 @@ pub struct Picker {
     pub pools: Vec<PoolPicker>,
     pub shedding: Option<Shedding>,
     rng: Rng,
+    /// Where the other workers sent new prefix groups.
+    hints: GroupHints,
 }
 
 impl Picker {
@@ -106,7 +115,13 @@ impl Picker {
             pools,
             shedding,
             rng,
+            hints: GroupHints::default(),
         }
+    }
+
+    /// Takes the latest table of where the workers sent new prefix groups.
+    pub fn set_hints(&mut self, hints: GroupHints) {
+        self.hints = hints;
     }
 
     /// The pool serving `model` (a routing header value), if any.
@@ -168,9 +183,9 @@ impl Picker {
 
     /// Picks an endpoint of `pool` for a request whose prompt has these block `hashes`, and
     /// records the request's blocks as held by the pick.
-    pub fn pick(&mut self, pool: usize, hashes: &[u64]) -> Decision {
+    pub fn pick(&mut self, pool_index: usize, hashes: &[u64]) -> Decision {
         let rng = &mut self.rng;
-        let pool = &mut self.pools[pool];
+        let pool = &mut self.pools[pool_index];
         let fresh: Vec<usize> = (0..pool.endpoints.len())
             .filter(|&e| pool.fresh(&pool.endpoints[e]))
             .collect();
@@ -180,9 +195,24 @@ impl Picker {
                 order: Vec::new(),
                 matched_blocks: 0,
                 total_blocks,
+                new_group: None,
             };
         }
         pool.index.match_prefix(hashes, &mut pool.matched);
+        // A group this worker has not met: where another worker sent it, if the hint names
+        // an endpoint with fresh metrics, is taken as holding the prompt.
+        let mut new_group = None;
+        if let Some(&first_block) = hashes.first() {
+            if pool.matched.iter().all(|&m| m == 0) {
+                match self.hints.lookup(pool_index as u16, first_block) {
+                    Some(hinted) if fresh.contains(&hinted) => {
+                        pool.index.add(hashes, hinted);
+                        pool.index.match_prefix(hashes, &mut pool.matched);
+                    }
+                    _ => new_group = Some(first_block),
+                }
+            }
+        }
         let candidates: Vec<Candidate> = fresh
             .iter()
             .map(|&e| Candidate {
@@ -215,6 +245,11 @@ impl Picker {
             matched_blocks: pool.matched[chosen],
             order,
             total_blocks,
+            new_group: new_group.map(|first_block| NewGroup {
+                pool: pool_index as u16,
+                endpoint: chosen as u16,
+                first_block,
+            }),
         }
     }
 

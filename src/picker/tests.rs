@@ -122,6 +122,61 @@ fn workers_with_their_own_index_agree_on_a_new_prefix_group_when_loads_tie() {
 }
 
 #[test]
+fn a_worker_follows_where_another_sent_a_new_group() {
+    let system = "Translate the user's text into formal German, keeping names. ".repeat(20);
+    let prompt = hashes(&format!("{system}First text."));
+    // Worker A meets the group first, with endpoint 1 the least loaded.
+    let mut a = picker(None);
+    a.refresh(
+        Some(&snapshot([
+            (4, 0.5, 1000, true),
+            (0, 0.1, 1000, true),
+            (4, 0.5, 1000, true),
+        ])),
+        1000,
+    );
+    let first = a.pick(0, &prompt);
+    let group = first.new_group.expect("a new group is announced");
+    assert_eq!((group.endpoint, group.first_block), (1, prompt[0]));
+    // Its next request of the group matches its own index: nothing to announce.
+    assert_eq!(
+        a.pick(0, &hashes(&format!("{system}Second text.")))
+            .new_group,
+        None
+    );
+    // Worker B, by now seeing endpoint 2 as the least loaded, follows the hint.
+    let mut b = picker(None);
+    b.refresh(
+        Some(&snapshot([
+            (4, 0.5, 1000, true),
+            (2, 0.3, 1000, true),
+            (0, 0.1, 1000, true),
+        ])),
+        1000,
+    );
+    let mut table = hints::GroupHints::default();
+    table.record(group);
+    b.set_hints(table);
+    let followed = b.pick(0, &hashes(&format!("{system}Third text.")));
+    assert_eq!(followed.order[0], 1);
+    assert_eq!(followed.new_group, None);
+    // Without the hint it would have gone to endpoint 2.
+    let mut c = picker(None);
+    c.refresh(
+        Some(&snapshot([
+            (4, 0.5, 1000, true),
+            (2, 0.3, 1000, true),
+            (0, 0.1, 1000, true),
+        ])),
+        1000,
+    );
+    assert_eq!(
+        c.pick(0, &hashes(&format!("{system}Third text."))).order[0],
+        2
+    );
+}
+
+#[test]
 fn stale_or_failed_metrics_are_scored_last_and_none_means_no_pick() {
     let mut picker = picker(None);
     // Endpoint 0 failed its last fetch, endpoint 1's metrics are 2 s old (stale after 1 s).

@@ -17,6 +17,7 @@ use testkit::{ensure, Outcome};
 testkit::cases!(World;
     a_replica_with_a_long_queue_or_a_full_kv_cache_is_avoided,
     requests_sharing_a_long_prefix_stay_on_one_replica_while_others_spread,
+    a_worker_meeting_a_group_follows_where_another_worker_sent_it,
     a_replica_whose_metrics_fail_is_avoided_and_none_left_is_a_json_503,
     a_replica_refusing_connections_is_retried_on_the_next_of_the_pick,
     a_spoofed_destination_header_is_ignored,
@@ -186,6 +187,38 @@ fn requests_sharing_a_long_prefix_stay_on_one_replica_while_others_spread(
     // The group's requests after the first on each of the two workers (each keeps its own
     // index) held at least the system prompt's 33 blocks.
     world.envoy.wait_stat(&matched, matched_before + 6 * 33)
+}
+
+fn a_worker_meeting_a_group_follows_where_another_worker_sent_it(world: &World) -> Outcome {
+    let replicas = llama_replicas(world);
+    let system = format!("Group {}: summarise the report in one line. ", world.tag()).repeat(40);
+    // The group's first request goes to replica 0, then the singleton records where it went.
+    let announced = "wasmcustom.model_router.picker.new_groups";
+    let before = world.envoy.stat(announced);
+    let mut metrics = SetMetrics::new(replicas, &[fixed(0, 0.0), fixed(3, 0.5), fixed(3, 0.5)]);
+    wait_polled(replicas, 4)?;
+    let (reply, _) = world.chat(&chat(LLAMA, &system, "First?"))?;
+    let first = served_by(&reply)?;
+    ensure!(
+        first == replicas[0].id,
+        "the group's first request went to {first}"
+    );
+    world.envoy.wait_stat(announced, before + 1)?;
+    // Now replica 2 is the least loaded: a worker that did not know the group would send it
+    // there. Over six connections both workers serve the group (or, once in 32 runs, one).
+    drop(metrics);
+    metrics = SetMetrics::new(replicas, &[fixed(2, 0.3), fixed(3, 0.5), fixed(0, 0.1)]);
+    wait_polled(replicas, 4)?;
+    for n in 0..6 {
+        let (reply, _) = world.chat(&chat(LLAMA, &system, &format!("Question {n}?")))?;
+        let replica = served_by(&reply)?;
+        ensure!(
+            replica == first,
+            "request {n} of the group went to {replica}, not to {first} where it went first"
+        );
+    }
+    drop(metrics);
+    Ok(())
 }
 
 fn a_replica_whose_metrics_fail_is_avoided_and_none_left_is_a_json_503(world: &World) -> Outcome {
