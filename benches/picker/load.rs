@@ -85,10 +85,13 @@ impl Workload {
                     words(&format!("g{group}q{index}w"), sizes.question_tokens),
                 )
             }
-            Self::Control => (
-                words(&format!("r{n}s"), sizes.system_tokens),
-                words(&format!("r{n}q"), sizes.question_tokens),
-            ),
+            Self::Control => {
+                let nonce = rng.next_u64();
+                (
+                    words(&format!("r{n}n{nonce:x}s"), sizes.system_tokens),
+                    words(&format!("r{n}n{nonce:x}q"), sizes.question_tokens),
+                )
+            }
         };
         serde_json::json!({
             "model": model,

@@ -32,6 +32,8 @@ struct Plan {
     control_rates: Vec<f64>,
     step: Duration,
     idle: Duration,
+    /// Requests sent before measuring.
+    warm_up: usize,
 }
 
 impl Plan {
@@ -49,6 +51,7 @@ impl Plan {
             control_rates: vec![10.0, 20.0, 40.0],
             step: Duration::from_secs(12),
             idle: Duration::from_secs(3),
+            warm_up: 24,
         }
     }
 
@@ -66,6 +69,7 @@ impl Plan {
             control_rates: vec![4.0],
             step: Duration::from_secs(2),
             idle: Duration::from_millis(500),
+            warm_up: 4,
         }
     }
 }
@@ -191,6 +195,17 @@ fn run(
             )?;
         }
     }
+    // Warm-up (V8 compiles the filter's functions on their first calls on each worker):
+    // prompts of their own, which leave nothing for the workload to reuse.
+    runtime.block_on(load::poisson(
+        envoy.listener,
+        MODEL,
+        Workload::Control,
+        plan.sizes,
+        20.0,
+        plan.warm_up,
+        u64::MAX,
+    ));
     let pid = envoy.pid();
     let idle_start = cpu_seconds(pid);
     // A measuring window, not a wait for something to happen.
