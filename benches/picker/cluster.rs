@@ -35,7 +35,11 @@ impl Policy {
 /// A replica's KV cache (4,096 blocks of 16 tokens, 65,536 tokens: a small GPU's) holds about
 /// 28 of the workload's 64 prompt prefixes: all of them fit in the six caches only when each
 /// replica keeps to its own groups (or two copies of each, one per Envoy worker).
-const REPLICA_FLAGS: [&str; 16] = [
+/// Random answers (testkit starts replicas in echo mode, whose streams echo the whole last
+/// message whatever `max_tokens` says; a later flag wins).
+const REPLICA_FLAGS: [&str; 18] = [
+    "--mode",
+    "random",
     "--enable-kvcache",
     "--latency-calculator",
     "per-token",

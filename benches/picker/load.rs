@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Tokens the replicas generate per request (echo mode: the question's first words).
+/// Most tokens a replica generates per request (random answers, cut at `max_tokens`).
 pub const MAX_TOKENS: u32 = 16;
 /// Longest a request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

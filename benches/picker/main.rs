@@ -47,10 +47,10 @@ impl Plan {
                 groups: 64,
                 per_group: 8,
             },
-            shared_rates: vec![10.0, 20.0, 40.0, 60.0, 80.0],
+            shared_rates: vec![10.0, 20.0, 40.0, 60.0, 80.0, 100.0],
             control_rates: vec![10.0, 20.0, 40.0],
             step: Duration::from_secs(12),
-            idle: Duration::from_secs(3),
+            idle: Duration::from_secs(5),
             warm_up: 24,
         }
     }
@@ -207,10 +207,14 @@ fn run(
         u64::MAX,
     ));
     let pid = envoy.pid();
-    let idle_start = cpu_seconds(pid);
-    // A measuring window, not a wait for something to happen.
-    std::thread::sleep(plan.idle);
-    let idle_rate = (cpu_seconds(pid) - idle_start) / plan.idle.as_secs_f64();
+    // Envoy's CPU per second at rest, before and after the load (measuring windows, not
+    // waits for something to happen).
+    let idle = || {
+        let start = cpu_seconds(pid);
+        std::thread::sleep(plan.idle);
+        (cpu_seconds(pid) - start) / plan.idle.as_secs_f64()
+    };
+    let idle_before = idle();
     let (cpu_start, started) = (cpu_seconds(pid), Instant::now());
     let mut steps = Vec::new();
     let mut answered = 0;
@@ -240,7 +244,9 @@ fn run(
         answered += step.timings.len();
         steps.push((step, hit_rate));
     }
-    let cpu = cpu_seconds(pid) - cpu_start - idle_rate * started.elapsed().as_secs_f64();
+    let (cpu_end, elapsed) = (cpu_seconds(pid), started.elapsed().as_secs_f64());
+    let idle_rate = (idle_before + idle()) / 2.0;
+    let cpu = cpu_end - cpu_start - idle_rate * elapsed;
     Ok(Run {
         policy,
         steps,

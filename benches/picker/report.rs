@@ -22,8 +22,8 @@ pub fn markdown(
          filter). {REPLICAS} llm-d-inference-sim v0.10.2 replicas, fresh for every run: \
          `--enable-kvcache --kv-cache-size 4096 --block-size 16 --latency-calculator per-token \
          --prefill-overhead 5ms --prefill-time-per-token 200us --inter-token-latency 5ms \
-         --max-num-seqs 5`, dummy tokenizer (a word is a token), echo mode, {MAX_TOKENS} output \
-         tokens per request, streamed. Prompts: a {}-token system prompt and a {}-token \
+         --max-num-seqs 5 --mode random`, dummy tokenizer (a word is a token), answers of at most \
+         {MAX_TOKENS} tokens (`max_tokens`), streamed. Prompts: a {}-token system prompt and a {}-token \
          question. Each rate is a {} s step of Poisson arrivals from one client, one connection \
          per request; the steps of a run go up in rate on the same replicas (their caches carry \
          over, for every policy alike).\n\n\
