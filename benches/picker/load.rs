@@ -44,6 +44,9 @@ pub enum Workload {
     /// `groups` system prompts of `system_tokens` words, each with `per_group` questions of
     /// `question_tokens` words; each request is one of those prompts, drawn at random.
     SharedPrefix { groups: usize, per_group: usize },
+    /// The shared-prefix workload's groups in turn, each with its first question: what
+    /// brings the replicas to the workload's steady state (every group met once).
+    EachGroup { groups: usize },
     /// Every request a system prompt and question of its own (no prefix to reuse).
     Control,
 }
@@ -71,6 +74,7 @@ impl Workload {
             Self::SharedPrefix { groups, per_group } => {
                 format!("shared prefix ({groups} groups x {per_group} prompts)")
             }
+            Self::EachGroup { groups } => format!("each of {groups} groups once"),
             Self::Control => "no reuse (control)".into(),
         }
     }
@@ -83,6 +87,13 @@ impl Workload {
                 (
                     words(&format!("g{group}s"), sizes.system_tokens),
                     words(&format!("g{group}q{index}w"), sizes.question_tokens),
+                )
+            }
+            Self::EachGroup { groups } => {
+                let group = n % groups;
+                (
+                    words(&format!("g{group}s"), sizes.system_tokens),
+                    words(&format!("g{group}q0w"), sizes.question_tokens),
                 )
             }
             Self::Control => {

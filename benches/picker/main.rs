@@ -195,15 +195,24 @@ fn run(
             )?;
         }
     }
-    // Warm-up (V8 compiles the filter's functions on their first calls on each worker):
-    // prompts of their own, which leave nothing for the workload to reuse.
+    // Warm-up: V8 compiles the filter's functions on their first calls on each worker, and
+    // the steps measure the steady state: every group of the shared-prefix workload met once
+    // (a control run warms up with prompts of its own, which leave nothing to reuse).
+    let warm_up = match workload {
+        Workload::SharedPrefix { groups, .. } => Workload::EachGroup { groups },
+        other => other,
+    };
+    let count = match warm_up {
+        Workload::EachGroup { groups } => groups,
+        _ => plan.warm_up,
+    };
     runtime.block_on(load::poisson(
         envoy.listener,
         MODEL,
-        Workload::Control,
+        warm_up,
         plan.sizes,
         20.0,
-        plan.warm_up,
+        count,
         u64::MAX,
     ));
     let pid = envoy.pid();
