@@ -34,6 +34,7 @@ pub fn cost_us(bodies: &[Vec<u8>], model: &str, iterations: usize) -> (f64, f64)
                 kv_cache: 0.1 * i as f64,
             })
             .collect(),
+        hints_version: 0,
     };
     picker.refresh(Some(&snapshot), 1_000);
     let scan = |body: &[u8]| {

@@ -3,7 +3,7 @@
 //! picks for each routed request of a pool, with the counters that show it.
 
 use crate::config::Settings;
-use crate::picker::hints::{GroupHints, HINTS_KEY, NEW_GROUPS_QUEUE};
+use crate::picker::hints::{HINTS_KEY, NEW_GROUPS_QUEUE};
 use crate::picker::scorers::Rng;
 use crate::picker::snapshot::{Snapshot, Targets, SNAPSHOT_KEY, TARGETS_KEY};
 use crate::picker::{prompt::block_hashes, Picker};
@@ -34,8 +34,8 @@ pub struct WorkerPicker {
     stats: Vec<PoolStats>,
     /// The snapshot version last copied.
     snapshot_cas: Cell<Option<u32>>,
-    /// The group hints' version last copied.
-    hints_cas: Cell<Option<u32>>,
+    /// The version of the group hints last copied (the snapshot says the latest).
+    hints_version: Cell<u64>,
     /// The singleton's queue of new groups, once resolved; this VM's id names it.
     new_groups: Cell<Option<u32>>,
     vm_id: String,
@@ -93,7 +93,7 @@ impl WorkerPicker {
             picker: RefCell::new(picker),
             stats,
             snapshot_cas: Cell::new(None),
-            hints_cas: Cell::new(None),
+            hints_version: Cell::new(0),
             new_groups: Cell::new(None),
             vm_id: hostcalls::get_property(vec!["plugin_vm_id"])
                 .ok()
@@ -147,10 +147,13 @@ impl WorkerPicker {
             .map_or(0, |d| d.as_millis() as u64);
         let mut picker = self.picker.borrow_mut();
         picker.refresh(snapshot.as_ref(), now_ms);
-        let (data, cas) = hostcalls::get_shared_data(HINTS_KEY).unwrap_or((None, None));
-        if cas != self.hints_cas.replace(cas) {
-            if let Some(hints) = data.and_then(|d| GroupHints::from_bytes(&d)) {
-                picker.set_hints(hints);
+        let Some(version) = snapshot.map(|s| s.hints_version) else {
+            return;
+        };
+        if version != self.hints_version.get() {
+            let (data, _) = hostcalls::get_shared_data(HINTS_KEY).unwrap_or((None, None));
+            if data.is_some_and(|d| picker.take_hints(&d)) {
+                self.hints_version.set(version);
             }
         }
     }

@@ -49,6 +49,8 @@ pub struct MetricsPoller {
     hints: GroupHints,
     /// Counter of the new groups recorded.
     new_groups_counter: u32,
+    /// Bumped with each publication of the hints, carried by the snapshot.
+    hints_version: u64,
 }
 
 impl MetricsPoller {
@@ -79,10 +81,9 @@ impl MetricsPoller {
             }
         }
         if taken {
-            if let Err(status) =
-                context.set_shared_data(HINTS_KEY, Some(&self.hints.to_bytes()), None)
-            {
-                warn!("cannot write the group hints to shared data: {status:?}");
+            match context.set_shared_data(HINTS_KEY, Some(self.hints.as_bytes()), None) {
+                Ok(()) => self.hints_version += 1,
+                Err(status) => warn!("cannot write the group hints to shared data: {status:?}"),
             }
         }
     }
@@ -215,7 +216,9 @@ impl MetricsPoller {
                 polled.endpoint, polled.pool
             );
         }
-        let snapshot = self.poller.snapshot().to_json();
+        let mut snapshot = self.poller.snapshot();
+        snapshot.hints_version = self.hints_version;
+        let snapshot = snapshot.to_json();
         if let Err(status) = context.set_shared_data(SNAPSHOT_KEY, Some(&snapshot), None) {
             warn!("cannot write the metrics snapshot to shared data: {status:?}");
         }

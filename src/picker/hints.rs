@@ -45,64 +45,52 @@ impl NewGroup {
     }
 }
 
-/// The table of first endpoints, by pool and first block. See the module docs.
+/// The table of first endpoints, by pool and first block, kept as it is published (a slot's
+/// [`NewGroup`] bytes, an empty slot all ones), so that taking a new version copies into the
+/// same buffer rather than allocating. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupHints {
-    /// `None`: an empty slot.
-    slots: Vec<Option<NewGroup>>,
+    bytes: Vec<u8>,
 }
 
 impl Default for GroupHints {
     fn default() -> Self {
         Self {
-            slots: vec![None; SLOTS],
+            bytes: vec![0xFF; SLOTS * SLOT_BYTES],
         }
     }
 }
 
 impl GroupHints {
-    fn slot(pool: u16, first_block: u64) -> usize {
+    fn slot(pool: u16, first_block: u64) -> std::ops::Range<usize> {
         let mixed = (first_block ^ u64::from(pool)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> 32) as usize % SLOTS
+        let at = (mixed >> 32) as usize % SLOTS * SLOT_BYTES;
+        at..at + SLOT_BYTES
     }
 
     pub fn record(&mut self, group: NewGroup) {
-        self.slots[Self::slot(group.pool, group.first_block)] = Some(group);
+        self.bytes[Self::slot(group.pool, group.first_block)].copy_from_slice(&group.to_bytes());
     }
 
     /// The endpoint the group of `first_block` went to first, if the table still says.
     pub fn lookup(&self, pool: u16, first_block: u64) -> Option<usize> {
-        self.slots[Self::slot(pool, first_block)]
+        NewGroup::from_bytes(&self.bytes[Self::slot(pool, first_block)])
             .filter(|g| g.pool == pool && g.first_block == first_block)
             .map(|g| usize::from(g.endpoint))
     }
 
-    /// The table as published: every slot's [`NewGroup`] bytes, an empty slot all ones.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(SLOTS * SLOT_BYTES);
-        for slot in &self.slots {
-            match slot {
-                Some(group) => bytes.extend_from_slice(&group.to_bytes()),
-                None => bytes.extend_from_slice(&[0xFF; SLOT_BYTES]),
-            }
-        }
-        bytes
+    /// The table as published.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
-    /// The published table, `None` when it is not one.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != SLOTS * SLOT_BYTES {
-            return None;
+    /// Takes a published table; false (and nothing taken) when `bytes` is not one.
+    pub fn take(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() != self.bytes.len() {
+            return false;
         }
-        let slots = bytes
-            .chunks_exact(SLOT_BYTES)
-            .map(|chunk| {
-                (chunk != [0xFF; SLOT_BYTES])
-                    .then(|| NewGroup::from_bytes(chunk))
-                    .flatten()
-            })
-            .collect();
-        Some(Self { slots })
+        self.bytes.copy_from_slice(bytes);
+        true
     }
 }
 
@@ -123,9 +111,11 @@ mod tests {
         assert_eq!(hints.lookup(1, group.first_block), Some(4));
         assert_eq!(hints.lookup(0, group.first_block), None);
         assert_eq!(hints.lookup(1, group.first_block + 1), None);
-        let published = GroupHints::from_bytes(&hints.to_bytes()).unwrap();
+        let mut published = GroupHints::default();
+        assert!(published.take(hints.as_bytes()));
         assert_eq!(published, hints);
-        assert_eq!(GroupHints::from_bytes(b"short"), None);
+        assert!(!published.take(b"short"));
+        assert_eq!(published, hints);
         // A later group in the same slot replaces the earlier one: the table stays bounded.
         for first_block in 0..(SLOTS as u64 * 4) {
             hints.record(NewGroup {
@@ -135,6 +125,6 @@ mod tests {
             });
         }
         assert_eq!(hints.lookup(1, group.first_block), None);
-        assert_eq!(hints.to_bytes().len(), SLOTS * 12);
+        assert_eq!(hints.as_bytes().len(), SLOTS * 12);
     }
 }

@@ -119,9 +119,10 @@ impl Picker {
         }
     }
 
-    /// Takes the latest table of where the workers sent new prefix groups.
-    pub fn set_hints(&mut self, hints: GroupHints) {
-        self.hints = hints;
+    /// Takes the latest published table of where the workers sent new prefix groups; false
+    /// when `bytes` is not one.
+    pub fn take_hints(&mut self, bytes: &[u8]) -> bool {
+        self.hints.take(bytes)
     }
 
     /// The pool serving `model` (a routing header value), if any.

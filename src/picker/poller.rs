@@ -167,6 +167,7 @@ impl Poller {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             endpoints: self.endpoints.iter().map(|p| p.reading.clone()).collect(),
+            hints_version: 0,
         }
     }
 

@@ -58,6 +58,10 @@ impl Targets {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub endpoints: Vec<Reading>,
+    /// Bumped each time the singleton publishes new group hints ([`super::hints`]): a worker
+    /// copies the 48 KiB table only when this changes.
+    #[serde(default)]
+    pub hints_version: u64,
 }
 
 /// One endpoint's latest metrics.
@@ -100,6 +104,7 @@ mod tests {
                 queue: 4,
                 kv_cache: 0.5,
             }],
+            hints_version: 3,
         };
         assert_eq!(Snapshot::from_json(&snapshot.to_json()), Some(snapshot));
         assert_eq!(Snapshot::from_json(b"not json"), None);

@@ -33,6 +33,7 @@ fn snapshot(readings: [(u32, f64, u64, bool); 3]) -> Snapshot {
                 kv_cache,
             })
             .collect(),
+        hints_version: 0,
     }
 }
 
@@ -156,7 +157,7 @@ fn a_worker_follows_where_another_sent_a_new_group() {
     );
     let mut table = hints::GroupHints::default();
     table.record(group);
-    b.set_hints(table);
+    assert!(b.take_hints(table.as_bytes()));
     let followed = b.pick(0, &hashes(&format!("{system}Third text.")));
     assert_eq!(followed.order[0], 1);
     assert_eq!(followed.new_group, None);
