@@ -85,11 +85,21 @@ pub fn prefix_cache(replicas: &[LlmdReplica]) -> Result<(f64, f64), String> {
 
 /// Envoy (two workers) with the filter routing `MODEL` to the replicas by `policy`.
 pub fn start_envoy(policy: Policy, wasm: &Path, replicas: &[LlmdReplica]) -> Result<Envoy, String> {
+    Envoy::launch(&envoy_config(policy, wasm, replicas, ""))
+}
+
+/// The Envoy configuration of [`start_envoy`]; `pool_extra` adds fields to the picker's pool.
+pub fn envoy_config(
+    policy: Policy,
+    wasm: &Path,
+    replicas: &[LlmdReplica],
+    pool_extra: &str,
+) -> String {
     let endpoints: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
     let listed: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     let plugin_config = match policy {
         Policy::Picker => format!(
-            r#"{{"header": "x-ai-eg-model", "pools": [{{"name": "pool", "models": ["{MODEL}"], "endpoints": [{}]}}]}}"#,
+            r#"{{"header": "x-ai-eg-model", "pools": [{{"name": "pool", "models": ["{MODEL}"], "endpoints": [{}]{pool_extra}}}]}}"#,
             listed.join(", ")
         ),
         _ => r#"{"header": "x-ai-eg-model"}"#.to_owned(),
@@ -149,7 +159,7 @@ static_resources:
         config.push_str(METRICS_CLUSTER);
         config.push_str(&singleton(wasm));
     }
-    Envoy::launch(&config)
+    config
 }
 
 const PICKED_ELSE_LEAST_REQUEST: &str = r#"    load_balancing_policy:

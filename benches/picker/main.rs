@@ -14,6 +14,7 @@
 //! step of each policy and workload, writing nothing.
 
 mod cluster;
+mod counted;
 mod load;
 mod native;
 mod report;
@@ -147,7 +148,16 @@ fn main() -> std::process::ExitCode {
             .collect()
     };
     let native = native::cost_us(&bodies, MODEL, if smoke { 200 } else { 20_000 });
-    let markdown = report::markdown(&results, plan, native, started.elapsed());
+    total += 1;
+    let counted = counted::count(&bench, if smoke { 8 } else { 100 })
+        .map_err(|e| failures.push(format!("instruction count: {e}")))
+        .ok();
+    let markdown = report::markdown(
+        &results,
+        plan,
+        report::Cost { native, counted },
+        started.elapsed(),
+    );
     println!("{markdown}");
     if !smoke && failures.is_empty() {
         let results_dir = testkit::envoy::root().join("benches/results");

@@ -119,11 +119,12 @@ impl WorkerPicker {
         }
     }
 
-    /// How often the worker copies the snapshot: the shortest refresh period.
+    /// How often the worker copies the snapshot: the shortest refresh period, at least once a
+    /// second (the singleton's first polls may land after the worker was configured).
     pub fn period(&self) -> Duration {
         let picker = self.picker.borrow();
         let ms = picker.pools.iter().map(|p| p.pool.refresh_ms).min();
-        Duration::from_millis(ms.unwrap_or(50))
+        Duration::from_millis(ms.unwrap_or(50).min(1000))
     }
 
     /// On the worker's timer: copies the snapshot if it changed, and ages the metrics.

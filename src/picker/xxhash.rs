@@ -41,11 +41,12 @@ pub fn xxh64(input: &[u8]) -> u64 {
             0,
             0u64.wrapping_sub(PRIME_1),
         ];
-        while at + 32 <= len {
-            for (i, lane) in lanes.iter_mut().enumerate() {
-                *lane = round(*lane, u64_at(input, at + 8 * i));
+        let stripes = input.chunks_exact(32);
+        at = len - stripes.remainder().len();
+        for stripe in stripes {
+            for (lane, word) in lanes.iter_mut().zip(stripe.chunks_exact(8)) {
+                *lane = round(*lane, u64::from_le_bytes(word.try_into().expect("8 bytes")));
             }
-            at += 32;
         }
         let [v1, v2, v3, v4] = lanes;
         let mut acc = v1

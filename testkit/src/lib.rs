@@ -4,7 +4,7 @@
 //! [`usage_oracle`], the same for the response readers, and [`form`], multipart forms and the
 //! multipart scanner's reference reading. With the
 //! default `gateway` feature: the [`scenario`] (models, backends, ports, header), [`envoy`]
-//! (Envoy with the built filter on free ports), [`client`] (HTTP/1.1 and h2c, raw sockets),
+//! (Envoy with the built filter on free ports), [`callgrind`] (Envoy's instructions counted), [`client`] (HTTP/1.1 and h2c, raw sockets),
 //! [`process`] (children stopped on drop, readiness), [`registry`] (an OCI registry on loopback),
 //! [`wasm_filter`] (the filter's Envoy
 //! configuration), [`openai`] (the OpenAI error shape) and [`prometheus`] (Envoy's Prometheus
@@ -14,6 +14,8 @@ pub mod bench;
 pub mod form;
 pub mod oracle;
 
+#[cfg(feature = "gateway")]
+pub mod callgrind;
 #[cfg(feature = "gateway")]
 pub mod cases;
 #[cfg(feature = "gateway")]
