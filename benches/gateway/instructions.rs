@@ -73,7 +73,7 @@ fn count_one(
     dir: &Path,
     requests: usize,
 ) -> u64 {
-    let envoy = Callgrind::start(config, dir).unwrap();
+    let mut envoy = Callgrind::start(config, dir).unwrap();
     let listener = envoy.listener;
     let body = bytes::Bytes::from(body(1024, false));
     let send = |n: usize| {

@@ -1,12 +1,14 @@
 //! Picking's price counted rather than timed: the instructions Envoy (one worker, under
 //! callgrind) executes per shared-prefix request with the picker and with least request, on
-//! replicas that answer at once. The picker's pool is polled once a minute here, so that the
-//! count holds the requests' work and not the polling (which the timed runs show apart).
+//! replicas that answer at once. The picker's pool is polled once a minute here, and Envoy's
+//! instructions at rest over as long are taken out, so that the count holds the requests' work
+//! and not the polling or the timers (which the timed runs show apart, as idle CPU).
 
 use crate::cluster::{envoy_config, Policy, MODEL};
 use crate::load::Rng;
 use crate::Bench;
 use std::net::SocketAddr;
+use std::time::Instant;
 use testkit::callgrind::Callgrind;
 use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::llm_d::LlmdReplica;
@@ -50,14 +52,20 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
             &replicas,
             r#", "refresh_ms": 60000, "stale_after_ms": 120000"#,
         );
-        let envoy = Callgrind::start(&config, &dir)?;
+        let mut envoy = Callgrind::start(&config, &dir)?;
         let listener = envoy.listener;
         // Warm-up (V8's first calls, the picker's first poll and its index), then counted.
         send(bench, listener, &bodies)?;
         let mut result = Ok(());
-        let total = envoy.count(|| result = send(bench, listener, &bodies))?;
+        let started = Instant::now();
+        let busy = envoy.count(|| result = send(bench, listener, &bodies))?;
         result?;
-        counts.push(total as f64 / requests as f64);
+        // What Envoy's timers cost over as long at rest (the picker's copy of the snapshot,
+        // its singleton's ticks): under callgrind a request takes far longer than outside it,
+        // so they would otherwise be charged to the requests.
+        let span = started.elapsed();
+        let idle = envoy.count(|| std::thread::sleep(span))?;
+        counts.push(busy.saturating_sub(idle) as f64 / requests as f64);
     }
     let _ = std::fs::remove_dir_all(&dir);
     // The same requests to least request's Envoy, timed.

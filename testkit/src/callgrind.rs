@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Envoy running `config` under callgrind, instrumentation off until [`Callgrind::count`].
+/// Envoy running `config` under callgrind, instrumentation off but while
+/// [`Callgrind::count`] runs.
 pub struct Callgrind {
     envoy: Process,
     pub listener: SocketAddr,
     out: PathBuf,
+    /// Dumps taken so far: callgrind numbers them from 1.
+    dumps: usize,
 }
 
 impl Callgrind {
@@ -24,7 +27,9 @@ impl Callgrind {
         let admin_path = dir.join("callgrind-admin");
         let _ = std::fs::remove_file(&admin_path);
         let out = dir.join("callgrind.out");
-        let _ = std::fs::remove_file(format!("{}.1", out.display()));
+        for dump in 1..100 {
+            let _ = std::fs::remove_file(format!("{}.{dump}", out.display()));
+        }
         let log = std::fs::File::create(dir.join("callgrind.log")).map_err(|e| e.to_string())?;
         let mut envoy = Process::spawn(
             Command::new("valgrind")
@@ -50,19 +55,20 @@ impl Callgrind {
             envoy,
             listener,
             out,
+            dumps: 0,
         })
     }
 
     /// The instructions Envoy executes while `work` runs.
-    pub fn count(self, work: impl FnOnce()) -> Result<u64, String> {
+    pub fn count(&mut self, work: impl FnOnce()) -> Result<u64, String> {
         let pid = self.envoy.id();
         callgrind_control(&["-i", "on"], pid)?;
+        callgrind_control(&["-z"], pid)?;
         work();
         callgrind_control(&["-d"], pid)?;
-        let out = self.out.clone();
-        drop(self);
-        // The dump taken while instrumented is the first numbered part.
-        let dump = std::fs::read_to_string(format!("{}.1", out.display()))
+        callgrind_control(&["-i", "off"], pid)?;
+        self.dumps += 1;
+        let dump = std::fs::read_to_string(format!("{}.{}", self.out.display(), self.dumps))
             .map_err(|e| format!("no callgrind dump: {e}"))?;
         dump.lines()
             .find_map(|line| line.strip_prefix("totals: "))
