@@ -18,6 +18,8 @@ use testkit::llm_d::LlmdReplica;
 pub struct Counted {
     pub least_request: f64,
     pub picker: f64,
+    /// The picker with 256-byte blocks (64 of them: the same 16 KiB of prompt).
+    pub picker_coarse: f64,
     /// Least request's requests timed outside callgrind (Envoy's CPU, in us): what turns
     /// instructions into time on this machine.
     pub least_request_us: f64,
@@ -45,13 +47,14 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
         .map(|n| workload.body(MODEL, bench.plan.sizes, n, &mut rng))
         .collect();
     let mut counts = Vec::new();
-    for policy in [Policy::LeastRequest, Policy::Picker] {
-        let config = envoy_config(
-            policy,
-            &bench.wasm,
-            &replicas,
-            r#", "refresh_ms": 60000, "stale_after_ms": 120000"#,
-        );
+    let polled_once = r#", "refresh_ms": 60000, "stale_after_ms": 120000"#;
+    let coarse = format!(r#"{polled_once}, "prefix": {{"block_bytes": 256, "max_blocks": 64}}"#);
+    for (policy, pool_extra) in [
+        (Policy::LeastRequest, polled_once),
+        (Policy::Picker, polled_once),
+        (Policy::Picker, coarse.as_str()),
+    ] {
+        let config = envoy_config(policy, &bench.wasm, &replicas, pool_extra);
         let mut envoy = Callgrind::start(&config, &dir)?;
         let listener = envoy.listener;
         // Warm-up (V8's first calls, the picker's first poll and its index), then counted.
@@ -88,6 +91,7 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
     Ok(Counted {
         least_request: counts[0],
         picker: counts[1],
+        picker_coarse: counts[2],
         least_request_us: cpu * 1e6 / requests as f64,
     })
 }

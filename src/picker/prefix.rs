@@ -67,9 +67,15 @@ struct SeededHasher {
 }
 
 impl Hasher for SeededHasher {
+    /// The seed, then a 64-bit finalizer (MurmurHash3's fmix64): no 128-bit product, which
+    /// wasm32 has no instruction for.
     fn finish(&self) -> u64 {
-        let mixed = u128::from(self.value ^ self.seed) * 0x9E37_79B9_7F4A_7C15_u128;
-        (mixed as u64) ^ ((mixed >> 64) as u64)
+        let mut mixed = self.value ^ self.seed;
+        mixed ^= mixed >> 33;
+        mixed = mixed.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        mixed ^= mixed >> 33;
+        mixed = mixed.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        mixed ^ (mixed >> 33)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
