@@ -8,7 +8,8 @@
 #   ./build.sh test     every suite: lints, unit, property, end-to-end in Envoy, Kubernetes
 #                       manifests, OCI, benchmark smoke runs, fuzzing (the CI command)
 #   ./build.sh test fast    lints, unit, property and gateway suites only (development)
-#   ./build.sh bench    the benchmarks in full; results in benches/results/
+#   ./build.sh bench [scanner|gateway|picker]
+#                       the benchmarks in full (or one of them); results in benches/results/
 #   ./build.sh fuzz [SECONDS]   each fuzz target for SECONDS (default 1800) from the corpus
 #   ./build.sh soak [SECONDS]   the soak test for SECONDS (default 600)
 #   ./build.sh oci      package the filter as an OCI image (layout in target/oci), print its digest
@@ -188,7 +189,7 @@ run_gateway() {
 # What the benchmarks and end-to-end suites run besides Envoy, as environment variables.
 ensure_test_tools() {
   apt_install wrk skopeo docker-registry valgrind
-  if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep -q "^Version: $LITELLM_VERSION$"; then
+  if ! .venv-litellm/bin/pip show litellm 2>/dev/null | grep "^Version: $LITELLM_VERSION$" >/dev/null; then
     log "installing litellm[proxy]==$LITELLM_VERSION into .venv-litellm"
     python3 -m venv .venv-litellm
     .venv-litellm/bin/pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
@@ -208,8 +209,8 @@ ensure_test_tools() {
 
 # The OpenAI and Anthropic Python SDKs at pinned versions, in their own venv.
 ensure_python_clients() {
-  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep -q "^Version: $OPENAI_SDK_VERSION$" &&
-    .venv-clients/bin/pip show anthropic 2>/dev/null | grep -q "^Version: $ANTHROPIC_SDK_VERSION$"; }; then
+  if ! { .venv-clients/bin/pip show openai 2>/dev/null | grep "^Version: $OPENAI_SDK_VERSION$" >/dev/null &&
+    .venv-clients/bin/pip show anthropic 2>/dev/null | grep "^Version: $ANTHROPIC_SDK_VERSION$" >/dev/null; }; then
     log "installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv-clients"
     python3 -m venv .venv-clients
     .venv-clients/bin/pip install --quiet "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION"
@@ -230,13 +231,24 @@ ensure_gateway_tools() {
     RATELIMIT_BIN="$PWD/$TOOLS/bin/ratelimit" REDIS_SERVER_BIN="$(command -v redis-server)"
 }
 
+# The benchmarks in full, or one of them (`./build.sh bench picker`).
 run_bench() {
+  local only=${1:-}
+  case "$only" in "" | scanner | gateway | picker) ;; *) echo "usage: $0 bench [scanner|gateway|picker]" >&2; exit 2 ;; esac
   ensure_gateway_tools
   ensure_test_tools
-  log "scanner benchmark (native)"
-  cargo bench --locked --workspace --bench scanner
-  log "gateway benchmark (about 50 minutes)"
-  cargo bench --locked --workspace --bench gateway
+  if [ -z "$only" ] || [ "$only" = scanner ]; then
+    log "scanner benchmark (native)"
+    cargo bench --locked --workspace --bench scanner
+  fi
+  if [ -z "$only" ] || [ "$only" = gateway ]; then
+    log "gateway benchmark (about 50 minutes)"
+    cargo bench --locked --workspace --bench gateway
+  fi
+  if [ -z "$only" ] || [ "$only" = picker ]; then
+    log "endpoint picker benchmark (about 10 minutes)"
+    cargo bench --locked --workspace --bench picker
+  fi
 }
 
 # cargo-fuzz (libFuzzer) needs nightly Rust features: the nightly toolchain where one is
@@ -348,6 +360,7 @@ run_tests() {
     suite upstream cargo test --locked --workspace --test upstream
     suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
     suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
+    suite bench-smoke-picker cargo bench --locked --workspace --bench picker -- --smoke
     suite fuzz run_fuzz 45
   fi
   summarize
@@ -398,10 +411,10 @@ case "${1:-build}" in
   build) build_wasm ;;
   run) run_gateway "${@:2}" ;;
   test) run_tests "${2:-full}" ;;
-  bench) run_bench ;;
+  bench) run_bench "${2:-}" ;;
   fuzz) run_fuzz "${2:-1800}" ;;
   soak) run_soak "${2:-600}" ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run [--backend llm-d]|test [fast]|bench|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run [--backend llm-d]|test [fast]|bench [scanner|gateway|picker]|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 //! with an error that names the field, so a bad configuration never loads.
 
 use crate::catalogue::{Catalogue, DEFAULT_OWNED_BY};
+use crate::picker::config::{validate_picker, validate_pools, PickerConfig, Pool, PoolConfig};
 use crate::response::labels::{check_label, ModelLabels};
 use crate::response::StateKeys;
 use serde::Deserialize;
@@ -42,6 +43,8 @@ struct RawConfig {
     models: Option<Vec<ModelEntry>>,
     unknown_models: Option<UnknownModels>,
     response: Option<ResponseSettings>,
+    pools: Option<Vec<PoolConfig>>,
+    picker: Option<PickerConfig>,
 }
 
 /// One model of the catalogue, as configured (see [`Catalogue`] for what is checked).
@@ -121,7 +124,7 @@ pub enum MissingModel {
 }
 
 /// Validated configuration, handed to every request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub header: String,
     pub paths: Vec<String>,
@@ -132,6 +135,9 @@ pub struct Settings {
     pub catalogue: Catalogue,
     pub unknown_models: UnknownModels,
     pub response: ResponseSettings,
+    /// The endpoint picker's pools; empty when the configuration lists none.
+    pub pools: Vec<Pool>,
+    pub picker: PickerConfig,
 }
 
 impl Default for Settings {
@@ -145,6 +151,8 @@ impl Default for Settings {
             catalogue: Catalogue::default(),
             unknown_models: UnknownModels::PassThrough,
             response: ResponseSettings::default(),
+            pools: Vec::new(),
+            picker: PickerConfig::default(),
         }
     }
 }
@@ -203,6 +211,8 @@ impl Settings {
             catalogue: defaults.catalogue,
             unknown_models: raw.unknown_models.unwrap_or(defaults.unknown_models),
             response: raw.response.unwrap_or(defaults.response),
+            pools: Vec::new(),
+            picker: raw.picker.unwrap_or(defaults.picker),
         };
         settings.validate()?;
         // After the fields it is checked against.
@@ -227,6 +237,35 @@ impl Settings {
                 "\"reject\" needs a catalogue: list the served models in `models`",
             ));
         }
+        validate_picker(&settings.picker).map_err(|(field, reason)| invalid(field, reason))?;
+        if settings.picker.destination_header == settings.header {
+            return Err(invalid(
+                "picker.destination_header",
+                "must differ from `header`, the routing header",
+            ));
+        }
+        let catalogue = &settings.catalogue;
+        let max_model_bytes = settings.max_model_bytes;
+        settings.pools = validate_pools(raw.pools.unwrap_or_default(), |model| {
+            if model.is_empty() || model.len() > max_model_bytes {
+                return Err(format!(
+                    "must be 1 to {max_model_bytes} bytes (max_model_bytes)"
+                ));
+            }
+            if catalogue.is_empty() {
+                return Ok(());
+            }
+            // The routing header carries the catalogue's name, never an alias.
+            match catalogue.lookup(model.as_bytes()) {
+                Some(entry) if entry.name == model => Ok(()),
+                Some(entry) => Err(format!(
+                    "{model:?} is an alias of {:?}: list the model's name",
+                    entry.name
+                )),
+                None => Err(format!("{model:?} is not in the catalogue (`models`)")),
+            }
+        })
+        .map_err(|(field, reason)| invalid(field, reason))?;
         Ok(settings)
     }
 
@@ -305,6 +344,8 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::picker::config::{PrefixConfig, Shedding, Weights};
+    use crate::picker::metrics_text::MetricSpec;
     use crate::response::StateKey;
 
     fn error(config: &str) -> ConfigError {
@@ -342,7 +383,16 @@ mod tests {
                            {"name":"m"}],
                  "unknown_models":"reject",
                  "response":{"usage":false,"add_include_usage":true,
-                             "filter_state":["total_tokens","response_model"]}}"#,
+                             "filter_state":["total_tokens","response_model"]},
+                 "pools":[{"name":"p","models":["m"],"endpoints":["10.0.0.1:8000","[fd00::1]:80"],
+                           "metrics_path":"/stats","metrics":{"queue":"q{a=b}","kv_cache":"k"},
+                           "weights":{"queue":1,"kv_cache":0,"prefix":5},"refresh_ms":20,
+                           "stale_after_ms":100,
+                           "prefix":{"block_bytes":16,"max_blocks":8,"lru_capacity":10}}],
+                 "picker":{"destination_header":"x-dest","metrics_cluster":"mc",
+                           "shedding":{"sheddable_objectives":["batch"],"objective_header":"x-o",
+                                       "queue_threshold":1,"kv_cache_threshold":0.5,
+                                       "stale_after_ms":9}}}"#,
         )
         .unwrap();
         let gpt = ModelEntry {
@@ -377,6 +427,37 @@ mod tests {
                     filter_state: [StateKey::TotalTokens, StateKey::ResponseModel]
                         .into_iter()
                         .collect(),
+                },
+                pools: vec![Pool {
+                    name: "p".into(),
+                    models: vec!["m".into()],
+                    endpoints: vec!["10.0.0.1:8000".into(), "[fd00::1]:80".into()],
+                    metrics_path: "/stats".into(),
+                    queue_metric: MetricSpec::parse("q{a=b}").unwrap(),
+                    kv_cache_metric: MetricSpec::parse("k").unwrap(),
+                    weights: Weights {
+                        queue: 1,
+                        kv_cache: 0,
+                        prefix: 5
+                    },
+                    refresh_ms: 20,
+                    stale_after_ms: 100,
+                    prefix: PrefixConfig {
+                        block_bytes: 16,
+                        max_blocks: 8,
+                        lru_capacity: 10
+                    },
+                }],
+                picker: PickerConfig {
+                    destination_header: "x-dest".into(),
+                    metrics_cluster: "mc".into(),
+                    shedding: Some(Shedding {
+                        sheddable_objectives: vec!["batch".into()],
+                        objective_header: "x-o".into(),
+                        queue_threshold: 1,
+                        kv_cache_threshold: 0.5,
+                        stale_after_ms: 9,
+                    }),
                 },
             }
         );
@@ -448,12 +529,115 @@ mod tests {
                 "models[1].name",
             ),
             (r#"{"models":[{"name":"a=b"}]}"#, "models[0].name"),
+            (
+                r#"{"pools":[{"name":"p","models":[],"endpoints":["1.2.3.4:5"]}]}"#,
+                "pools[0].models",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5","host:80"]}]}"#,
+                "pools[0].endpoints[1]",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5","1.2.3.4:5"]}]}"#,
+                "pools[0].endpoints[1]",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"]},
+                             {"name":"q","models":["b","a"],"endpoints":["1.2.3.4:6"]}]}"#,
+                "pools[1].models[1]",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"]},
+                             {"name":"p","models":["b"],"endpoints":["1.2.3.4:6"]}]}"#,
+                "pools[1].name",
+            ),
+            (
+                r#"{"models":[{"name":"a","aliases":["b"]}],
+                    "pools":[{"name":"p","models":["b"],"endpoints":["1.2.3.4:5"]}]}"#,
+                "pools[0].models[0]",
+            ),
+            (
+                r#"{"models":[{"name":"a"}],
+                    "pools":[{"name":"p","models":["c"],"endpoints":["1.2.3.4:5"]}]}"#,
+                "pools[0].models[0]",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"],"metrics":{"queue":"a b"}}]}"#,
+                "pools[0].metrics.queue",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"],"weights":{"queue":0,"kv_cache":0,"prefix":0}}]}"#,
+                "pools[0].weights",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"],"refresh_ms":100,"stale_after_ms":100}]}"#,
+                "pools[0].stale_after_ms",
+            ),
+            (
+                r#"{"pools":[{"name":"p","models":["a"],"endpoints":["1.2.3.4:5"],"prefix":{"block_bytes":4}}]}"#,
+                "pools[0].prefix.block_bytes",
+            ),
+            (
+                r#"{"picker":{"destination_header":"X-Dest"}}"#,
+                "picker.destination_header",
+            ),
+            (
+                r#"{"picker":{"destination_header":"x-ai-eg-model"}}"#,
+                "picker.destination_header",
+            ),
+            (
+                r#"{"picker":{"shedding":{"sheddable_objectives":[]}}}"#,
+                "picker.shedding.sheddable_objectives",
+            ),
+            (
+                r#"{"picker":{"shedding":{"sheddable_objectives":["b"],"kv_cache_threshold":1.5}}}"#,
+                "picker.shedding.kv_cache_threshold",
+            ),
         ];
         for (config, field) in cases {
             let error = error(config);
             assert_eq!(error.field.as_deref(), Some(field), "{config}");
             assert!(error.to_string().contains(&format!("field `{field}`")));
         }
+    }
+
+    #[test]
+    fn a_pool_needs_only_its_name_models_and_endpoints() {
+        let settings = Settings::parse(
+            br#"{"pools":[{"name":"llama","models":["m"],"endpoints":["127.0.0.1:8000"]}]}"#,
+        )
+        .unwrap();
+        let pool = &settings.pools[0];
+        assert_eq!(pool.metrics_path, "/metrics");
+        assert_eq!(pool.queue_metric.to_string(), "vllm:num_requests_waiting");
+        assert_eq!(pool.kv_cache_metric.to_string(), "vllm:kv_cache_usage_perc");
+        assert_eq!(
+            pool.weights,
+            Weights {
+                queue: 2,
+                kv_cache: 2,
+                prefix: 3
+            }
+        );
+        assert_eq!((pool.refresh_ms, pool.stale_after_ms), (50, 1000));
+        assert_eq!(
+            pool.prefix,
+            PrefixConfig {
+                block_bytes: 64,
+                max_blocks: 256,
+                lru_capacity: 31_250
+            }
+        );
+        assert_eq!(settings.picker, PickerConfig::default());
+        assert_eq!(
+            settings.picker.destination_header,
+            "x-gateway-destination-endpoint"
+        );
+        assert!(error(
+            r#"{"pools":[{"name":"p","models":["m"],"endpoints":["1.2.3.4:5"],"weight":{}}]}"#
+        )
+        .reason
+        .contains("unknown field `weight`"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 // Also compiled under clippy, so the host layer is linted on the build machine.
 #[cfg(any(target_arch = "wasm32", clippy))]
 mod filter;
+pub mod picker;
 pub mod reply;
 pub mod request;
 pub mod response;

@@ -32,11 +32,12 @@ pub enum ErrorCode {
     BodyTooLarge,
     UnsupportedEncoding,
     RewriteFailed,
+    PoolSaturated,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order: `ALL[code.index()] == code`.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::MalformedJson,
         Self::MalformedMultipart,
         Self::NotAnObject,
@@ -50,6 +51,7 @@ impl ErrorCode {
         Self::BodyTooLarge,
         Self::UnsupportedEncoding,
         Self::RewriteFailed,
+        Self::PoolSaturated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +69,7 @@ impl ErrorCode {
             Self::BodyTooLarge => "body_too_large",
             Self::UnsupportedEncoding => "unsupported_encoding",
             Self::RewriteFailed => "rewrite_failed",
+            Self::PoolSaturated => "pool_saturated",
         }
     }
 

@@ -7,11 +7,9 @@
 use crate::load::body;
 use crate::variants::envoy_with_filter;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use testkit::client::{get, request, Connection, Frames, Protocol};
-use testkit::process::{required_file, Process};
+use std::path::Path;
+use testkit::callgrind::Callgrind;
+use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::scenario::LLAMA as MODEL;
 use testkit::wasm_filter::http_filter;
 
@@ -75,37 +73,8 @@ fn count_one(
     dir: &Path,
     requests: usize,
 ) -> u64 {
-    let config_path = dir.join("callgrind-envoy.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let admin_path = dir.join("callgrind-admin");
-    let _ = std::fs::remove_file(&admin_path);
-    let out: PathBuf = dir.join("callgrind.out");
-    let mut envoy = Process::spawn(
-        Command::new("valgrind")
-            .args([
-                "--tool=callgrind",
-                "--smc-check=all-non-file",
-                "--instr-atstart=no",
-            ])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(required_file("ENVOY_BIN"))
-            .arg("-c")
-            .arg(&config_path)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("callgrind.log")).unwrap()),
-    )
-    .unwrap();
-    let admin = wait_ready(&mut envoy, &admin_path);
-    let listener = listener(admin);
+    let mut envoy = Callgrind::start(config, dir).unwrap();
+    let listener = envoy.listener;
     let body = bytes::Bytes::from(body(1024, false));
     let send = |n: usize| {
         runtime.block_on(async {
@@ -125,53 +94,7 @@ fn count_one(
         })
     };
     send(200);
-    callgrind_control(&["-i", "on"], envoy.id());
-    send(requests);
-    callgrind_control(&["-d"], envoy.id());
-    drop(envoy);
-    // The dump taken while instrumented is the first numbered part.
-    let dump = std::fs::read_to_string(format!("{}.1", out.display())).unwrap();
-    dump.lines()
-        .find_map(|line| line.strip_prefix("totals: "))
-        .and_then(|total| total.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no totals in the callgrind dump"))
-}
-
-fn callgrind_control(args: &[&str], pid: u32) {
-    let status = Command::new("callgrind_control")
-        .args(args)
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .status()
-        .expect("callgrind_control");
-    assert!(status.success(), "callgrind_control {args:?} failed");
-}
-
-fn wait_ready(envoy: &mut Process, admin_path: &Path) -> SocketAddr {
-    // Envoy under valgrind starts in tens of seconds.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(envoy.exited().is_none(), "Envoy under callgrind exited");
-        if let Some(admin) = std::fs::read_to_string(admin_path)
-            .ok()
-            .and_then(|a| a.trim().parse().ok())
-        {
-            if get(admin, "/ready").is_ok_and(|(status, _)| status == 200) {
-                return admin;
-            }
-        }
-        assert!(Instant::now() < deadline, "Envoy under callgrind not ready");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn listener(admin: SocketAddr) -> SocketAddr {
-    let (_, body) = get(admin, "/listeners?format=json").unwrap();
-    let listeners: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-        .as_u64()
-        .unwrap();
-    SocketAddr::from(([127, 0, 0, 1], port as u16))
+    envoy.count(|| send(requests)).unwrap()
 }
 
 /// The report's section: instructions per request, each against the row before it, and in

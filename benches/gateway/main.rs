@@ -37,6 +37,7 @@ use report::{Run, Summary};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::bench::finish;
 use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::envoy::Envoy;
 use testkit::process::{required_file, spawn_listening};
@@ -203,22 +204,6 @@ fn main() -> std::process::ExitCode {
     failures.extend(run_response_cost(smoke, rounds, seconds));
     let total = rounds * (workloads.len() * Variant::ALL.len() + rewrite::WORKLOADS + 2);
     finish(smoke, total, failures)
-}
-
-/// Prints the summary line; fails if any run failed. Returned from main, not exited, so that
-/// every process the benchmark started is stopped.
-fn finish(smoke: bool, total: usize, failures: Vec<String>) -> std::process::ExitCode {
-    println!(
-        "bench {}: {} passed, {} failed",
-        if smoke { "smoke" } else { "full" },
-        total - failures.len().min(total),
-        failures.len()
-    );
-    if failures.is_empty() {
-        return std::process::ExitCode::SUCCESS;
-    }
-    eprintln!("{}", failures.join("\n"));
-    std::process::ExitCode::FAILURE
 }
 
 /// The response side's cost against its own llm-sim backend; writes

@@ -1,5 +1,5 @@
-//! The HTTP surface of a replica: routing a request to its answer, the model list, vLLM's
-//! `/metrics` gauges, embeddings, faults on request, and the OpenAI error shape.
+//! The HTTP surface of a replica: routing a request to its answer, the model list,
+//! embeddings, faults on request, and the OpenAI error shape (`/metrics`: [`crate::metrics`]).
 
 use crate::audio::transcription;
 use crate::completion::completion;
@@ -107,6 +107,9 @@ pub async fn handle(request: Request<Incoming>, replica: Arc<Replica>) -> Respon
     if path == "/health" {
         return full(StatusCode::OK, "text/plain", Bytes::new(), &replica);
     }
+    if path == "/metrics" {
+        return crate::metrics::answer(&replica);
+    }
     if !replica.recording.load(Ordering::SeqCst) {
         return answer(&replica, method, &path, &content_type, &body, fault, cached).await;
     }
@@ -170,7 +173,6 @@ async fn answer(
     let _in_flight = InFlight::new(&replica);
     match (method, path.as_str()) {
         (Method::GET, "/v1/models") => models(&replica),
-        (Method::GET, "/metrics") => metrics(&replica),
         (Method::POST, "/v1/audio/transcriptions" | "/v1/audio/translations") => {
             let translate = path.ends_with("translations");
             transcription(&replica, content_type, body.clone(), translate).await
@@ -308,43 +310,6 @@ fn models(replica: &Replica) -> Response<ResponseBody> {
     json_response(replica, &json!({"object": "list", "data": data}))
 }
 
-fn metrics(replica: &Replica) -> Response<ResponseBody> {
-    // This request is itself in flight; the gauges describe the others.
-    let in_flight = replica.in_flight.load(Ordering::SeqCst).saturating_sub(1);
-    let running = in_flight.min(replica.config.max_num_seqs);
-    let waiting = in_flight - running;
-    let usage = running as f64 / replica.config.max_num_seqs as f64;
-    let mut text = String::new();
-    for (name, help, value) in [
-        (
-            "vllm:num_requests_running",
-            "Number of requests currently running.",
-            running as f64,
-        ),
-        (
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
-            waiting as f64,
-        ),
-        (
-            "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage.",
-            usage,
-        ),
-    ] {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for model in &replica.config.models {
-            text.push_str(&format!("{name}{{model_name=\"{model}\"}} {value}\n"));
-        }
-    }
-    full(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        Bytes::from(text),
-        replica,
-    )
-}
-
 fn embeddings(ask: &Ask<'_>) -> Response<ResponseBody> {
     let (replica, model) = (ask.replica, ask.model);
     let inputs: Vec<String> = match &ask.request["input"] {
@@ -403,8 +368,6 @@ fn embedding(text: &str) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Pool, PoolConfig};
-    use http_body_util::BodyExt;
 
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {
@@ -413,37 +376,5 @@ mod tests {
         assert_ne!(a, embedding("hellp"));
         let norm: f64 = a.iter().map(|v| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-9);
-    }
-
-    #[tokio::test]
-    async fn metrics_report_requests_in_flight_as_vllm_gauges() {
-        let mut config = PoolConfig::new("p", &["m"]);
-        config.max_num_seqs = 2;
-        let pool = Pool::bind(config, "127.0.0.1", 0, 1).await.unwrap();
-        let replica = &pool.replicas[0];
-        let held: Vec<InFlight> = (0..4).map(|_| InFlight::new(replica)).collect();
-        // The metrics request itself is in flight while it is answered.
-        let _scrape = InFlight::new(replica);
-        let body = metrics(replica)
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(
-            text.contains("vllm:num_requests_running{model_name=\"m\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("vllm:num_requests_waiting{model_name=\"m\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 1\n"),
-            "{text}"
-        );
-        drop(held);
-        assert_eq!(replica.in_flight.load(Ordering::SeqCst), 1);
     }
 }

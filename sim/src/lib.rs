@@ -10,7 +10,8 @@
 //! answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`
 //! (OpenAI's Responses API), `/v1/messages` (Anthropic's), `/v1/audio/transcriptions` and
 //! `/v1/audio/translations` (`multipart/form-data`, read with multer), `/v1/models`, `/health`
-//! and `/metrics` (vLLM's load gauges), streams with SSE when asked (each API's own events,
+//! and `/metrics` (vLLM's load gauges, or what a test sets, with a count of the polls:
+//! [`metrics`]), streams with SSE when asked (each API's own events,
 //! with usage), and echoes the model it received. [`picker`] is a stand-in endpoint picker for
 //! the Envoy Gateway-shaped data plane (the real one needs a Kubernetes API server).
 
@@ -21,6 +22,7 @@ mod completion;
 pub mod faults;
 mod generate;
 mod messages;
+pub mod metrics;
 pub mod picker;
 mod responses;
 mod stream;
@@ -30,6 +32,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+pub use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,6 +122,9 @@ pub struct Replica {
     accepting: Mutex<Option<JoinHandle<()>>>,
     /// Bumped when the replica goes down: its open connections close.
     generation: watch::Sender<u64>,
+    /// What `/metrics` reports.
+    metrics: Mutex<Metrics>,
+    metrics_polls: AtomicUsize,
 }
 
 impl Replica {
@@ -168,6 +174,8 @@ impl Pool {
                 seen: Mutex::new(Vec::new()),
                 accepting: Mutex::new(None),
                 generation: watch::Sender::new(0),
+                metrics: Mutex::new(Metrics::Live),
+                metrics_polls: AtomicUsize::new(0),
             });
             let accepting = tokio::spawn(serve(listener, Arc::clone(&replica)));
             *replica.accepting.lock().expect("accept loop") = Some(accepting);

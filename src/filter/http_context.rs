@@ -11,6 +11,7 @@
 
 use super::gen_ai_metrics::Labels;
 use super::host::{header_map, send_local_reply};
+use super::picking::{Outcome, PICKED_ENDPOINT_KEY};
 use super::plugin::Plugin;
 use crate::request::rewrite::{self, BodyBuffer};
 use crate::request::stream_options::include_usage_edit;
@@ -51,6 +52,8 @@ pub struct ModelRouterStream {
     stage: Stage,
     api: Api,
     watch: Option<Watch>,
+    /// The request names an objective the endpoint picker may shed.
+    sheddable: bool,
 }
 
 impl ModelRouterStream {
@@ -60,6 +63,7 @@ impl ModelRouterStream {
             stage: Stage::Forwarding,
             api: Api::Other,
             watch: None,
+            sheddable: false,
         }
     }
 
@@ -94,6 +98,28 @@ impl ModelRouterStream {
         match router.finish(&plugin.settings.catalogue) {
             Ok(Route::Model(routed)) => {
                 let settings = &plugin.settings;
+                // The pool's endpoint, before the body changes: a shed request is not rewritten.
+                let outcome = plugin
+                    .picker
+                    .as_ref()
+                    .and_then(|picker| picker.pick(&routed, self.sheddable));
+                match &outcome {
+                    Some(Outcome::Shed(pool)) => {
+                        return self.reply(&Rejection::PoolSaturated { pool: pool.clone() })
+                    }
+                    Some(Outcome::Pick(destination)) => {
+                        let header = &plugin.picker.as_ref().expect("a picker").destination_header;
+                        self.set_http_request_header(header, Some(destination));
+                        // The access log's %FILTER_STATE(wasm.model_router.picked_endpoint)%.
+                        let picked = destination.split(',').next().unwrap_or_default();
+                        self.set_property(vec![PICKED_ENDPOINT_KEY], Some(picked.as_bytes()));
+                        debug!("picked {destination}");
+                    }
+                    Some(Outcome::Unscored) => {
+                        debug!("no endpoint has fresh metrics: Envoy's fallback policy picks");
+                    }
+                    None => {}
+                }
                 // The rewrite keeps everything before the model in place, the top-level `{`
                 // the include_usage edit starts at included.
                 let mut body_len = body_len;
@@ -354,6 +380,13 @@ impl HttpContext for ModelRouterStream {
                 self.set_http_request_header(header, None);
                 plugin.metrics.client_header_removed();
                 debug!("removed client-sent {header} header");
+            }
+        }
+        if let Some(picker) = &plugin.picker {
+            if let Some(header) = &picker.objective_header {
+                self.sheddable = headers
+                    .header(header)
+                    .is_some_and(|objective| picker.sheddable(objective));
             }
         }
         match inspect_head(&plugin.settings, &headers, end_of_stream) {

@@ -4,7 +4,9 @@ mod gen_ai_metrics;
 mod host;
 mod http_context;
 mod metrics;
+mod picking;
 mod plugin;
+mod poller;
 mod root_context;
 
 proxy_wasm::main! {{

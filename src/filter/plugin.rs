@@ -3,6 +3,7 @@
 
 use super::gen_ai_metrics::GenAiMetrics;
 use super::metrics::Metrics;
+use super::picking::WorkerPicker;
 use crate::config::Settings;
 use crate::response::labels::ModelLabels;
 use std::cell::RefCell;
@@ -14,14 +15,25 @@ pub struct Plugin {
     pub gen_ai: GenAiMetrics,
     /// Learned from answers when no models are listed; the VM runs one stream at a time.
     pub labels: RefCell<ModelLabels>,
-    /// Headers only the filter sets: the routing header and every header a catalogue model
-    /// sets. A client-sent copy is removed from every request.
+    /// Headers only the filter sets: the routing header, the endpoint picker's destination
+    /// header and every header a catalogue model sets. A client-sent copy is removed from
+    /// every request.
     pub owned_headers: Vec<String>,
+    /// The endpoint picker, when pools are configured.
+    pub picker: Option<WorkerPicker>,
 }
 
 impl Plugin {
-    pub fn new(settings: Settings, metrics: Metrics, gen_ai: GenAiMetrics) -> Self {
-        let mut owned_headers = vec![settings.header.clone()];
+    pub fn new(
+        settings: Settings,
+        metrics: Metrics,
+        gen_ai: GenAiMetrics,
+        picker: Option<WorkerPicker>,
+    ) -> Self {
+        let mut owned_headers = vec![
+            settings.header.clone(),
+            settings.picker.destination_header.clone(),
+        ];
         owned_headers.extend(
             settings
                 .catalogue
@@ -36,6 +48,7 @@ impl Plugin {
             gen_ai,
             labels,
             owned_headers,
+            picker,
         }
     }
 }

@@ -19,20 +19,22 @@
 //!
 //! On the way it notes what adding `stream_options` needs ([`StreamShape`]): where the object
 //! starts, whether the top-level `stream` is `true` and whether a `stream_options` key exists.
+//! When asked ([`ModelScanner::with_prompt`]), it also hands the endpoint picker's
+//! [`PromptTemplate`] the decoded `role` and `content` strings of the top-level `messages`
+//! array's objects, and the top-level `prompt` string, in the same single pass.
 
 use super::FoundModel;
+use crate::picker::prompt::{Field, PromptTemplate};
 use std::fmt;
 use std::ops::Range;
 
 /// Deepest nesting of objects and arrays accepted, the top-level object included.
 pub const MAX_DEPTH: u32 = 128;
 
-const MODEL_KEY: &[u8] = b"model";
-/// Matched as one key: `stream` is its first six bytes.
-const STREAM_OPTIONS_KEY: &[u8] = b"stream_options";
-const STREAM_KEY_LEN: u8 = 6;
-/// `key_matched` value once the key being read can no longer be `model`.
-const KEY_MISMATCH: u8 = u8::MAX;
+/// Longest key the scanner compares (`stream_options`); longer ones match nothing.
+const KEY_CAPACITY: usize = 16;
+/// `key_len` once the key being read is longer than [`KEY_CAPACITY`].
+const KEY_TOO_LONG: u8 = u8::MAX;
 
 /// Why a body was refused by the scanner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,10 +131,13 @@ enum State {
 enum StringRole {
     /// Any string whose content does not matter: validated, not decoded.
     Other,
-    /// A key of the top-level object, compared with `model` as it is decoded.
-    TopLevelKey,
+    /// A key the scanner may care about (of the top-level object, or of a message), decoded
+    /// into `key` to be compared once it ends.
+    Key,
     /// The value of the top-level `model` key, decoded into `model`.
     Model,
+    /// A string the prompt template takes (a message's role or content, the `prompt`).
+    Prompt,
 }
 
 /// What a request body says about streaming, for adding `stream_options` to it.
@@ -146,12 +151,17 @@ pub struct StreamShape {
     pub stream_options: bool,
 }
 
-/// The top-level value about to be read, when it is one the scanner looks at.
+/// The value about to be read, when it is one the scanner looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TopLevelValue {
+enum NextValue {
     Other,
     Model,
     Stream,
+    /// The top-level `messages` and `prompt`, a message's `role` and `content`: read only for
+    /// the prompt template.
+    Messages,
+    Prompt,
+    Field(Field),
 }
 
 /// Finds the top-level `model` string of a JSON object fed in chunks. See the module docs.
@@ -164,12 +174,15 @@ pub struct ModelScanner {
     depth: u32,
     /// Bit `d` is set when the container at depth `d + 1` is an array.
     arrays: u128,
-    /// Bytes of `model` matched so far by the top-level key being read, or `KEY_MISMATCH`.
-    key_matched: u8,
-    /// Bytes of `stream_options` matched so far by the top-level key, or `KEY_MISMATCH`.
-    stream_matched: u8,
-    /// The value being started, when it belongs to a top-level key the scanner looks at.
-    next_top_value: TopLevelValue,
+    /// The decoded key being read (`key_len` bytes, or `KEY_TOO_LONG`).
+    key: [u8; KEY_CAPACITY],
+    key_len: u8,
+    /// The value being started, when it belongs to a key the scanner looks at.
+    next_value: NextValue,
+    /// The prompt template fed, when the endpoint picker wants one.
+    prompt: Option<Box<PromptTemplate>>,
+    /// Inside the array of a top-level `messages` key (at depth 2; messages at depth 3).
+    in_messages: bool,
     shape: StreamShape,
     model_key_seen: bool,
     model: Option<Vec<u8>>,
@@ -198,9 +211,11 @@ impl ModelScanner {
             in_key: false,
             depth: 0,
             arrays: 0,
-            key_matched: 0,
-            stream_matched: 0,
-            next_top_value: TopLevelValue::Other,
+            key: [0; KEY_CAPACITY],
+            key_len: 0,
+            next_value: NextValue::Other,
+            prompt: None,
+            in_messages: false,
             shape: StreamShape::default(),
             model_key_seen: false,
             model: None,
@@ -218,6 +233,21 @@ impl ModelScanner {
         }
     }
 
+    /// A scanner that also builds the prompt template GIE's prefix scorer reads, keeping at
+    /// most its first `limit` bytes.
+    pub fn with_prompt(max_model_bytes: usize, limit: usize) -> Self {
+        Self {
+            prompt: Some(Box::new(PromptTemplate::new(limit))),
+            ..Self::new(max_model_bytes)
+        }
+    }
+
+    /// The prompt template, once the body has been fed whole (`None` when not asked for, or
+    /// when the body has no prompt GIE reads).
+    pub fn take_prompt(&mut self) -> Option<Vec<u8>> {
+        self.prompt.take().and_then(|template| template.finish())
+    }
+
     /// Bytes fed so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
@@ -232,10 +262,22 @@ impl ModelScanner {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ScanError> {
         let mut i = 0;
         while i < chunk.len() {
-            if self.state == State::String && self.role == StringRole::Other {
-                i += skip_string_content(&chunk[i..]);
-                if i == chunk.len() {
-                    break;
+            if self.state == State::String {
+                if self.role == StringRole::Other {
+                    i += skip_string_content(&chunk[i..]);
+                    if i == chunk.len() {
+                        break;
+                    }
+                } else if self.role == StringRole::Prompt {
+                    // Content needing no decoding is the prompt's bytes as they are.
+                    let run = skip_string_content(&chunk[i..]);
+                    if let Some(prompt) = &mut self.prompt {
+                        prompt.push(&chunk[i..i + run]);
+                    }
+                    i += run;
+                    if i == chunk.len() {
+                        break;
+                    }
                 }
             }
             let byte = chunk[i];
@@ -449,10 +491,24 @@ impl ModelScanner {
         } else {
             State::ObjectFirst
         };
+        if self.in_messages && self.depth == 3 && !array {
+            if let Some(prompt) = &mut self.prompt {
+                prompt.message_start();
+            }
+        }
         Ok(())
     }
 
     fn close(&mut self) {
+        if self.in_messages {
+            if self.depth == 2 {
+                self.in_messages = false;
+            } else if self.depth == 3 && !self.in_array() {
+                if let Some(prompt) = &mut self.prompt {
+                    prompt.message_end();
+                }
+            }
+        }
         self.depth -= 1;
         self.end_value();
     }
@@ -466,11 +522,18 @@ impl ModelScanner {
     }
 
     fn start_value(&mut self, byte: u8, index: usize, expected: &'static str) -> Result<(), Error> {
-        let top_value = std::mem::replace(&mut self.next_top_value, TopLevelValue::Other);
-        let is_model = top_value == TopLevelValue::Model;
-        if top_value == TopLevelValue::Stream {
+        let next = std::mem::replace(&mut self.next_value, NextValue::Other);
+        let is_model = next == NextValue::Model;
+        match next {
+            NextValue::Other | NextValue::Model => {}
             // Anything starting with `t` is `true` or a syntax error that refuses the body.
-            self.shape.stream = byte == b't';
+            NextValue::Stream => self.shape.stream = byte == b't',
+            NextValue::Messages | NextValue::Prompt | NextValue::Field(_) => {
+                if self.start_prompt_value(next, byte) {
+                    self.start_string(StringRole::Prompt);
+                    return Ok(());
+                }
+            }
         }
         match byte {
             b'"' if is_model => {
@@ -503,12 +566,37 @@ impl ModelScanner {
         self.state = State::Literal;
     }
 
+    /// Tells the prompt template about the value of one of its keys, starting with `byte`;
+    /// whether that value is a string the template takes.
+    fn start_prompt_value(&mut self, next: NextValue, byte: u8) -> bool {
+        let Some(prompt) = &mut self.prompt else {
+            return false;
+        };
+        let string = byte == b'"';
+        match next {
+            NextValue::Messages => {
+                prompt.messages(byte == b'[');
+                // The array opens next, at depth 2.
+                self.in_messages = byte == b'[';
+                false
+            }
+            NextValue::Prompt => {
+                prompt.prompt(string);
+                string
+            }
+            NextValue::Field(field) => {
+                prompt.field(field, string);
+                string
+            }
+            NextValue::Other | NextValue::Model | NextValue::Stream => false,
+        }
+    }
+
     fn start_key(&mut self) {
         self.in_key = true;
-        if self.depth == 1 {
-            self.key_matched = 0;
-            self.stream_matched = 0;
-            self.start_string(StringRole::TopLevelKey);
+        if self.depth == 1 || (self.in_messages && self.depth == 3) {
+            self.key_len = 0;
+            self.start_string(StringRole::Key);
         } else {
             self.start_string(StringRole::Other);
         }
@@ -521,27 +609,55 @@ impl ModelScanner {
 
     fn end_string(&mut self, index: usize) -> Result<(), Error> {
         let role = std::mem::replace(&mut self.role, StringRole::Other);
-        if role == StringRole::Model {
-            self.model_span.end = self.consumed + index as u64;
+        match role {
+            StringRole::Model => self.model_span.end = self.consumed + index as u64,
+            StringRole::Prompt => {
+                if let Some(prompt) = &mut self.prompt {
+                    prompt.end_string();
+                }
+            }
+            StringRole::Other | StringRole::Key => {}
         }
         if !std::mem::take(&mut self.in_key) {
             self.end_value();
             return Ok(());
         }
-        if role == StringRole::TopLevelKey {
-            if usize::from(self.key_matched) == MODEL_KEY.len() {
+        if role == StringRole::Key {
+            self.match_key()?;
+        }
+        self.state = State::Colon;
+        Ok(())
+    }
+
+    /// Decides what the value of the key just read is to the scanner.
+    fn match_key(&mut self) -> Result<(), Error> {
+        let key = match self.key_len {
+            KEY_TOO_LONG => return Ok(()),
+            len => &self.key[..usize::from(len)],
+        };
+        let prompt = self.prompt.is_some();
+        self.next_value = match key {
+            _ if self.depth != 1 => match key {
+                b"role" => NextValue::Field(Field::Role),
+                b"content" => NextValue::Field(Field::Content),
+                _ => NextValue::Other,
+            },
+            b"model" => {
                 if self.model_key_seen {
                     return Err(ScanError::DuplicateModel.into());
                 }
                 self.model_key_seen = true;
-                self.next_top_value = TopLevelValue::Model;
-            } else if self.stream_matched == STREAM_KEY_LEN {
-                self.next_top_value = TopLevelValue::Stream;
-            } else if usize::from(self.stream_matched) == STREAM_OPTIONS_KEY.len() {
-                self.shape.stream_options = true;
+                NextValue::Model
             }
-        }
-        self.state = State::Colon;
+            b"stream" => NextValue::Stream,
+            b"stream_options" => {
+                self.shape.stream_options = true;
+                NextValue::Other
+            }
+            b"messages" if prompt => NextValue::Messages,
+            b"prompt" if prompt => NextValue::Prompt,
+            _ => NextValue::Other,
+        };
         Ok(())
     }
 
@@ -550,19 +666,19 @@ impl ModelScanner {
     fn push(&mut self, byte: u8) -> Result<(), Error> {
         match self.role {
             StringRole::Other => {}
-            StringRole::TopLevelKey => {
-                let matched = usize::from(self.key_matched);
-                self.key_matched = if MODEL_KEY.get(matched) == Some(&byte) {
-                    self.key_matched + 1
+            StringRole::Key => {
+                let len = usize::from(self.key_len);
+                if len < KEY_CAPACITY {
+                    self.key[len] = byte;
+                    self.key_len += 1;
                 } else {
-                    KEY_MISMATCH
-                };
-                let matched = usize::from(self.stream_matched);
-                self.stream_matched = if STREAM_OPTIONS_KEY.get(matched) == Some(&byte) {
-                    self.stream_matched + 1
-                } else {
-                    KEY_MISMATCH
-                };
+                    self.key_len = KEY_TOO_LONG;
+                }
+            }
+            StringRole::Prompt => {
+                if let Some(prompt) = &mut self.prompt {
+                    prompt.push(&[byte]);
+                }
             }
             StringRole::Model => {
                 if let Some(model) = &mut self.model {

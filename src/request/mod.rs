@@ -68,6 +68,18 @@ pub struct Routed<'c> {
     pub entry: Option<&'c ModelEntry>,
     /// Set when the backend knows the model by another name than the body gives.
     pub rewrite: Option<Rewrite>,
+    /// The prompt template the endpoint picker hashes (its first bytes only), when pools are
+    /// configured and the body has one.
+    pub prompt: Option<Vec<u8>>,
+}
+
+impl Routed<'_> {
+    /// The name the backend receives in the body: what the picker's hash chain starts with,
+    /// as GIE's endpoint picker (after this filter) would read it.
+    pub fn upstream_model(&self) -> &[u8] {
+        self.entry
+            .map_or(&self.model[..], |entry| entry.upstream().as_bytes())
+    }
 }
 
 /// A model value to replace in the body.
@@ -115,8 +127,13 @@ pub fn inspect_head(
         }
     }
     let content_type = headers.header("content-type").unwrap_or_default();
+    // The endpoint picker's prompt template is built during the same scan, when there are pools.
+    let prompt_bytes = settings.pools.iter().map(|p| p.prefix.prompt_bytes()).max();
     let scanner = match multipart::boundary(content_type) {
-        Ok(None) => Scanner::Json(ModelScanner::new(settings.max_model_bytes)),
+        Ok(None) => Scanner::Json(match prompt_bytes {
+            Some(limit) => ModelScanner::with_prompt(settings.max_model_bytes, limit),
+            None => ModelScanner::new(settings.max_model_bytes),
+        }),
         Ok(Some(boundary)) => Scanner::Multipart(Box::new(MultipartScanner::new(
             &boundary,
             settings.max_model_bytes,
@@ -190,9 +207,12 @@ impl BodyRouter {
 
     /// Ends the body and decides the route, by `catalogue`.
     pub fn finish(self, catalogue: &Catalogue) -> Result<Route<'_>, Rejection> {
-        let (found, multipart) = match self.scanner {
-            Scanner::Json(scanner) => (scanner.finish()?, false),
-            Scanner::Multipart(scanner) => (scanner.finish()?, true),
+        let (found, multipart, prompt) = match self.scanner {
+            Scanner::Json(mut scanner) => {
+                let prompt = scanner.take_prompt();
+                (scanner.finish()?, false, prompt)
+            }
+            Scanner::Multipart(scanner) => (scanner.finish()?, true, None),
         };
         let Some(found) = found else {
             return match self.missing_model {
@@ -209,6 +229,7 @@ impl BodyRouter {
                 model: found.name,
                 entry: None,
                 rewrite: None,
+                prompt,
             }));
         };
         let upstream = entry.upstream();
@@ -224,6 +245,7 @@ impl BodyRouter {
             model: entry.name.as_bytes().to_vec(),
             entry: Some(entry),
             rewrite,
+            prompt,
         }))
     }
 }
@@ -351,6 +373,7 @@ mod tests {
             model: model.as_bytes().to_vec(),
             entry: None,
             rewrite: None,
+            prompt: None,
         })
     }
 
@@ -550,6 +573,7 @@ mod tests {
                     value: 10..16,
                     replacement: b"llama".to_vec(),
                 }),
+                prompt: None,
             }))
         );
         // The backend's own name, however escaped in the body, is not rewritten.
@@ -603,6 +627,31 @@ mod tests {
             route(&settings, &[br#"{"model":" gpt-5"}"#]),
             Err(Rejection::InvalidModel)
         );
+    }
+
+    #[test]
+    fn with_pools_the_prompt_template_comes_with_the_route() {
+        let settings = Settings::parse(
+            br#"{"models":[{"name":"llama","aliases":["gpt-4o"],"upstream_name":"meta-llama"}],
+                 "pools":[{"name":"p","models":["llama"],"endpoints":["127.0.0.1:8000"]}]}"#,
+        )
+        .unwrap();
+        let body = br#"{"messages":[{"content":"Hi","role":"user"}],"model":"gpt-4o"}"#;
+        let Ok(Route::Model(routed)) = route(&settings, &[&body[..20], &body[20..]]) else {
+            panic!("routed");
+        };
+        assert_eq!(
+            routed.prompt.as_deref(),
+            Some(&b"<|im_start|>user\nHi<|im_end|>\n"[..])
+        );
+        assert_eq!(routed.upstream_model(), b"meta-llama");
+        // Without pools, no template is built.
+        let plain = Settings::default();
+        let Ok(Route::Model(routed)) = route(&plain, &[body]) else {
+            panic!("routed");
+        };
+        assert_eq!(routed.upstream_model(), b"gpt-4o");
+        assert_eq!(routed.prompt, None);
     }
 
     #[test]

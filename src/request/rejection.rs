@@ -36,6 +36,9 @@ pub enum Rejection {
     /// Envoy gave fewer body bytes than it holds while the model was being rewritten: the
     /// body may be half rewritten and is not forwarded. Not seen with Envoy 1.40.
     RewriteFailed,
+    /// The request may be shed (its objective is sheddable) and no endpoint of its pool has
+    /// capacity (the endpoint picker's saturation shedding).
+    PoolSaturated { pool: String },
 }
 
 impl From<ScanError> for Rejection {
@@ -77,6 +80,7 @@ impl Rejection {
             Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             Self::UnsupportedEncoding => ErrorCode::UnsupportedEncoding,
             Self::RewriteFailed => ErrorCode::RewriteFailed,
+            Self::PoolSaturated { .. } => ErrorCode::PoolSaturated,
         }
     }
 
@@ -86,14 +90,15 @@ impl Rejection {
             Self::BodyTooLarge { .. } => 413,
             Self::UnsupportedEncoding => 415,
             Self::RewriteFailed => 500,
+            Self::PoolSaturated { .. } => 429,
             _ => 400,
         }
     }
 
-    /// The OpenAI error `type`: the client's fault, but for a failed rewrite.
+    /// The OpenAI error `type`: the client's fault, but for a failed rewrite or a full pool.
     fn error_type(&self) -> ErrorType {
         match self {
-            Self::RewriteFailed => ErrorType::Server,
+            Self::RewriteFailed | Self::PoolSaturated { .. } => ErrorType::Server,
             _ => ErrorType::InvalidRequest,
         }
     }
@@ -144,6 +149,10 @@ impl Rejection {
                                           (content-encoding must be identity)."
                 .into(),
             Self::RewriteFailed => "The gateway could not rewrite the request's model.".into(),
+            Self::PoolSaturated { pool } => format!(
+                "Every replica of pool {pool} is saturated and this request may be shed; \
+                 retry later."
+            ),
         }
     }
 
@@ -187,6 +196,7 @@ mod tests {
             Rejection::BodyTooLarge { limit: 1024 },
             Rejection::UnsupportedEncoding,
             Rejection::RewriteFailed,
+            Rejection::PoolSaturated { pool: "p".into() },
         ]
     }
 
@@ -219,6 +229,7 @@ mod tests {
         assert_eq!(Rejection::NotAnObject.status(), 400);
         assert_eq!(Rejection::RewriteFailed.status(), 500);
         assert_eq!(Rejection::RewriteFailed.error_type(), ErrorType::Server);
+        assert_eq!(Rejection::PoolSaturated { pool: "p".into() }.status(), 429);
         let not_found = Rejection::ModelNotFound {
             model: b"gpt-5".to_vec(),
         };

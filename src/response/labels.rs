@@ -30,12 +30,16 @@ pub const MAX_LABEL_BYTES: usize = 256;
 
 /// The label names of the stats, as `stats_tags` names them (`tag_name` = the Prometheus
 /// label).
-pub const TAGS: [&str; 5] = [
+/// `pool` and `endpoint` label the endpoint picker's stats (`src/filter/picking.rs`): pool
+/// names are checked like model names, endpoints are `ip:port`.
+pub const TAGS: [&str; 7] = [
     "gen_ai_operation_name",
     "gen_ai_request_model",
     "gen_ai_response_model",
     "gen_ai_token_type",
     "status_class",
+    "pool",
+    "endpoint",
 ];
 
 /// The `stats_tags` regex that cuts `tag` out of a stat name (see the module docs).

@@ -285,12 +285,18 @@ fn render(path: &str, ports: &[(u16, u16)]) -> Result<String, String> {
             &format!("port_value: {from} "),
             &format!("port_value: {to} "),
         )?;
+        // The endpoint picker's pools name the same replicas as `ip:port`.
+        config = config.replace(
+            &format!("\"127.0.0.1:{from}\""),
+            &format!("\"127.0.0.1:{to}\""),
+        );
     }
-    replace_once(
-        &config,
-        "filename: target/model_router.wasm",
-        &format!("filename: {}", wasm.display()),
-    )
+    // The filter, and the endpoint picker's metrics singleton running the same module.
+    let filename = "filename: target/model_router.wasm";
+    if !config.contains(filename) {
+        return Err(format!("{path} has no {filename:?}"));
+    }
+    Ok(config.replace(filename, &format!("filename: {}", wasm.display())))
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {

@@ -1,11 +1,14 @@
 //! The scanner's specification, executable: serde_json's reading of a body, stated as what
-//! the scanner must report for it. Shared by tests/scanner.rs and the fuzz targets.
+//! the scanner must report for it (the model, and the prompt template the endpoint picker
+//! hashes). Shared by tests/scanner.rs and the fuzz targets.
 
 use model_router::request::json::{ModelScanner, ScanError};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 pub const MAX_MODEL: usize = 256;
+/// The prompt template kept by [`check`]: small, so that generated bodies reach it.
+pub const PROMPT_LIMIT: usize = 96;
 
 /// What the scanner should report for a body serde_json accepts, following the scanner's
 /// rule that the first problem in byte order decides.
@@ -55,16 +58,81 @@ pub fn oracle(body: &[u8]) -> Option<Expected> {
     Some(expected)
 }
 
+/// The prompt GIE v1.0.2 reads from a body (`ExtractPromptFromRequestBody`), cut to `limit`
+/// bytes: with a top-level `messages` key, `<|im_start|>{role}\n{content}<|im_end|>\n` for
+/// each message whose role and content are strings (the last of duplicate keys winning, as
+/// in serde_json's map and Go's), else the `prompt` string; `None` when neither is usable.
+pub fn prompt_oracle(body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object()?;
+    let mut text = match object.get("messages") {
+        Some(messages) => {
+            let mut text = String::new();
+            for message in messages.as_array()? {
+                let Some(message) = message.as_object() else {
+                    continue;
+                };
+                if let (Some(Value::String(role)), Some(Value::String(content))) =
+                    (message.get("role"), message.get("content"))
+                {
+                    text.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+                }
+            }
+            text.into_bytes()
+        }
+        None => object.get("prompt")?.as_str()?.as_bytes().to_vec(),
+    };
+    text.truncate(limit);
+    Some(text)
+}
+
 pub fn scan(chunks: &[&[u8]]) -> Expected {
-    let mut scanner = ModelScanner::new(MAX_MODEL);
+    scan_with_prompt(chunks, None).0
+}
+
+/// Scans `chunks`, building the prompt template when `prompt_limit` is given; the outcome and
+/// the template (when the body was accepted).
+pub fn scan_with_prompt(
+    chunks: &[&[u8]],
+    prompt_limit: Option<usize>,
+) -> (Expected, Option<Vec<u8>>) {
+    let mut scanner = match prompt_limit {
+        Some(limit) => ModelScanner::with_prompt(MAX_MODEL, limit),
+        None => ModelScanner::new(MAX_MODEL),
+    };
     for chunk in chunks {
         if let Err(error) = scanner.feed(chunk) {
-            return Expected::Refused(error);
+            return (Expected::Refused(error), None);
         }
     }
+    let prompt = scanner.take_prompt();
     match scanner.finish() {
-        Ok(found) => Expected::Model(found.map(|found| found.name)),
-        Err(error) => Expected::Refused(error),
+        Ok(found) => (Expected::Model(found.map(|found| found.name)), prompt),
+        Err(error) => (Expected::Refused(error), None),
+    }
+}
+
+/// Checks the prompt template of an accepted `body`, whole and in `chunks`, against
+/// [`prompt_oracle`]; building it must not change the scanner's outcome.
+pub fn check_prompt(body: &[u8], chunks: &[&[u8]], limit: usize) {
+    let (outcome, whole) = scan_with_prompt(&[body], Some(limit));
+    let (split_outcome, split) = scan_with_prompt(chunks, Some(limit));
+    let text = || String::from_utf8_lossy(body);
+    assert_eq!(
+        outcome,
+        scan(&[body]),
+        "the prompt changed the outcome: {:?}",
+        text()
+    );
+    assert_eq!(
+        outcome,
+        split_outcome,
+        "chunking changed the outcome: {:?}",
+        text()
+    );
+    assert_eq!(whole, split, "chunking changed the prompt: {:?}", text());
+    if matches!(outcome, Expected::Model(_)) && oracle(body).is_some() {
+        assert_eq!(whole, prompt_oracle(body, limit), "prompt of {:?}", text());
     }
 }
 
@@ -99,6 +167,7 @@ pub fn check(body: &[u8], chunks: &[&[u8]]) {
     if matches!(whole, Expected::Model(Some(_))) {
         check_value_span(body);
     }
+    check_prompt(body, chunks, PROMPT_LIMIT);
     match oracle(body) {
         Some(expected) => assert_eq!(whole, expected, "body {:?}", String::from_utf8_lossy(body)),
         None => {

@@ -15,6 +15,7 @@ mod include_usage;
 mod llm_d;
 mod multipart;
 mod openai_sdk;
+mod picker;
 mod refusals;
 mod reload;
 mod routing;
@@ -229,6 +230,7 @@ fn main() -> std::process::ExitCode {
         sdk::cases(),
         llm_d::cases(),
         token_budget::cases(),
+        picker::cases(),
     ];
     testkit::cases::run(cases.into_iter().flatten().collect(), vec![])
 }
