@@ -343,26 +343,40 @@ summarize() {
   printf '\n'
 }
 
+# The fast tier's suites; the full run adds the rest.
+FAST_SUITES="fmt clippy unit property gateway"
+ALL_SUITES="$FAST_SUITES k8s oci upstream bench-smoke-scanner bench-smoke-gateway bench-smoke-picker fuzz"
+
+# `test` runs every suite, `test fast` the fast tier, `test SUITE...` the suites named.
 run_tests() {
-  local tier=${1:-full}
-  case "$tier" in full | fast) ;; *) echo "usage: $0 test [fast]" >&2; exit 2 ;; esac
+  local selected=("$@") wanted name
+  [ ${#selected[@]} -gt 0 ] || selected=(full)
+  case "${selected[*]}" in
+    full) wanted=$ALL_SUITES ;;
+    fast) wanted=$FAST_SUITES ;;
+    *)
+      for name in "${selected[@]}"; do
+        case " $ALL_SUITES " in *" $name "*) ;; *) echo "usage: $0 test [fast | SUITE...] (suites: $ALL_SUITES)" >&2; exit 2 ;; esac
+      done
+      wanted="${selected[*]}"
+      ;;
+  esac
+  want() { case " $wanted " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   ensure_gateway_tools
-  [ "$tier" = full ] && ensure_test_tools
+  [ "$wanted" = "$FAST_SUITES" ] || ensure_test_tools
   rm -rf "$LOG_DIR"
-  suite fmt cargo fmt --all -- --check
-  suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
-  suite unit cargo test --locked --workspace --lib --bins
-  suite property cargo test --locked --workspace --test scanner --test response_readers --test multipart
-  suite gateway cargo test --locked --workspace --test gateway
-  if [ "$tier" = full ]; then
-    suite k8s cargo test --locked --workspace --test k8s
-    suite oci cargo test --locked --workspace --test oci
-    suite upstream cargo test --locked --workspace --test upstream
-    suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
-    suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
-    suite bench-smoke-picker cargo bench --locked --workspace --bench picker -- --smoke
-    suite fuzz run_fuzz 45
-  fi
+  want fmt && suite fmt cargo fmt --all -- --check
+  want clippy && suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
+  want unit && suite unit cargo test --locked --workspace --lib --bins
+  want property && suite property cargo test --locked --workspace --test scanner --test response_readers --test multipart
+  want gateway && suite gateway cargo test --locked --workspace --test gateway
+  want k8s && suite k8s cargo test --locked --workspace --test k8s
+  want oci && suite oci cargo test --locked --workspace --test oci
+  want upstream && suite upstream cargo test --locked --workspace --test upstream
+  want bench-smoke-scanner && suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
+  want bench-smoke-gateway && suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
+  want bench-smoke-picker && suite bench-smoke-picker cargo bench --locked --workspace --bench picker -- --smoke
+  want fuzz && suite fuzz run_fuzz 45
   summarize
 }
 
@@ -410,11 +424,11 @@ push() {
 case "${1:-build}" in
   build) build_wasm ;;
   run) run_gateway "${@:2}" ;;
-  test) run_tests "${2:-full}" ;;
+  test) run_tests "${@:2}" ;;
   bench) run_bench "${2:-}" ;;
   fuzz) run_fuzz "${2:-1800}" ;;
   soak) run_soak "${2:-600}" ;;
   oci) oci ;;
   push) push "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 [build|run [--backend llm-d]|test [fast]|bench [scanner|gateway|picker]|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run [--backend llm-d]|test [fast|SUITE...]|bench [scanner|gateway|picker]|fuzz [SECONDS]|soak [SECONDS]|oci|push REGISTRY/REPOSITORY:TAG [--write-k8s]]" >&2; exit 2 ;;
 esac

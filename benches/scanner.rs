@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use testkit::form::{content_type, encode, Part};
+use testkit::form::{content_type, encode, Part, BOUNDARY};
 
 #[derive(Deserialize)]
 struct ModelOnly {
@@ -74,8 +74,6 @@ fn measure(parser: impl Fn(&[u8]) -> bool, body: &[u8], budget: Duration) -> f64
     }
     best
 }
-
-const BOUNDARY: &str = "------------------------a3f1c2d4e5b60718";
 
 /// An audio form of about `size` bytes, the model field last; `audio` gives the file's bytes.
 fn form(size: usize, audio: fn(u64) -> u8) -> Vec<u8> {

@@ -12,12 +12,11 @@ use crate::Tools;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use testkit::form::{content_type, encode, Part};
+use testkit::form::{audio, audio_form, content_type, BOUNDARY};
 use testkit::scenario::LLAMA as MODEL;
 
 const ALIAS: &str = "gpt-4o";
 const SIZE: usize = 1 << 20;
-const BOUNDARY: &str = "------------------------a3f1c2d4e5b60718";
 
 /// One comparison: the workload naming the model, and the same naming it by the alias.
 struct Pair {
@@ -56,17 +55,7 @@ fn json_body(model: &str, model_last: bool) -> Vec<u8> {
 }
 
 fn form_body(model: &str, model_last: bool) -> Vec<u8> {
-    let audio: Vec<u8> = (0..SIZE as u64 - 400)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect();
-    let mut parts = vec![Part::file("file", "speech.wav", "audio/wav", audio)];
-    let field = Part::field("model", model);
-    if model_last {
-        parts.push(field);
-    } else {
-        parts.insert(0, field);
-    }
-    encode(BOUNDARY, &parts)
+    audio_form(model, audio(SIZE - 400), model_last)
 }
 
 fn pairs(dir: &Path) -> Vec<Pair> {

@@ -171,30 +171,9 @@ pub fn envoy_with_filter(
     let processor_cluster = processor.map_or(String::new(), |addr| {
         testkit::envoy::grpc_cluster("processor", addr.port())
     });
+    let head = testkit::envoy::listener_head("bench", Some(9_437_184), filter);
     format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: bench
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    per_connection_buffer_limit_bytes: 9437184
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: bench
-              domains: ["*"]
-              routes:
-{routes}              - match: {{ prefix: / }}
+        r#"{head}{routes}              - match: {{ prefix: / }}
                 direct_response: {{ status: 404 }}
   clusters:
   - name: backend
@@ -204,7 +183,6 @@ static_resources:
       cluster_name: backend
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
 {processor_cluster}"#,
-        filters = indent(filter, 10),
         routes = indent(&routes, 14),
         port = backend.port(),
     )

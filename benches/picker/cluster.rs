@@ -120,29 +120,9 @@ pub fn envoy_config(
             )
         })
         .collect();
+    let head = testkit::envoy::listener_head("gateway", None, &filter);
     let mut config = format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: gateway
-          http_filters:
-{}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: models
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: /, headers: [{{ name: x-ai-eg-model, string_match: {{ exact: "{MODEL}" }} }}] }}
+        r#"{head}              - match: {{ prefix: /, headers: [{{ name: x-ai-eg-model, string_match: {{ exact: "{MODEL}" }} }}] }}
                 route: {{ cluster: pool, timeout: 120s, retry_policy: {{ retry_on: connect-failure, num_retries: 2 }} }}
   clusters:
   - name: pool
@@ -152,8 +132,7 @@ static_resources:
       cluster_name: pool
       endpoints:
       - lb_endpoints:
-{hosts}"#,
-        testkit::wasm_filter::indent(&filter, 10)
+{hosts}"#
     );
     if policy == Policy::Picker {
         config.push_str(METRICS_CLUSTER);

@@ -42,6 +42,17 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Checks that this is a 200 whose JSON body names `model` as the one that answered.
+    pub fn expect_answer_of(&self, model: &str) -> Result<(), String> {
+        if self.status != 200 {
+            return Err(format!("{model}: {} {}", self.status, self.text()));
+        }
+        if self.json()?["model"] != model {
+            return Err(format!("{model} answered as {}", self.text()));
+        }
+        Ok(())
+    }
 }
 
 /// A request body sent as the given frames, one DATA frame or chunk each.

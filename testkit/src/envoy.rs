@@ -29,6 +29,41 @@ pub fn root() -> &'static Path {
         .expect("testkit lives in the repository")
 }
 
+/// The start of a benchmark's Envoy configuration: the admin interface and one HTTP listener
+/// named `name` on free loopback ports, `http_filters` (list items at indent 0) before the
+/// router, up to the route configuration's first virtual host's `routes:` (items at indent
+/// 14 follow, then the `clusters:`).
+pub fn listener_head(name: &str, buffer_limit: Option<u64>, http_filters: &str) -> String {
+    let buffer_limit = buffer_limit.map_or(String::new(), |bytes| {
+        format!("    per_connection_buffer_limit_bytes: {bytes}\n")
+    });
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{buffer_limit}    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: {name}
+              domains: ["*"]
+              routes:
+"#,
+        filters = wasm_filter::indent(http_filters, 10),
+    )
+}
+
 /// A static cluster (a `clusters:` list item at indent 2) speaking HTTP/2 without TLS to one
 /// loopback port: how Envoy reaches a gRPC service (ext_proc, the rate limit service).
 pub fn grpc_cluster(name: &str, port: u16) -> String {

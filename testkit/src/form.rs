@@ -39,6 +39,32 @@ impl Part {
     }
 }
 
+/// The boundary of the forms tests and benchmarks send, in curl's style.
+pub const BOUNDARY: &str = "------------------------a3f1c2d4e5b60718";
+
+/// Bytes that look like audio: every byte value, CRs, LFs and dashes included.
+pub fn audio(size: usize) -> Vec<u8> {
+    (0..size as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect()
+}
+
+/// A transcription form (`language`, then the file) with the `model` field first, as the
+/// OpenAI SDKs send it, or last, encoded with [`BOUNDARY`].
+pub fn audio_form(model: &str, audio: Vec<u8>, model_last: bool) -> Vec<u8> {
+    let mut parts = vec![
+        Part::field("language", "en"),
+        Part::file("file", "speech.wav", "audio/wav", audio),
+    ];
+    let model = Part::field("model", model);
+    if model_last {
+        parts.push(model);
+    } else {
+        parts.insert(0, model);
+    }
+    encode(BOUNDARY, &parts)
+}
+
 /// The content type of a form with this boundary.
 pub fn content_type(boundary: &str) -> String {
     format!("multipart/form-data; boundary={boundary}")

@@ -21,6 +21,11 @@ pub const ALIASES: [(&str, &str); 3] = [
     ("mistral", MISTRAL),
 ];
 
+/// The seed's chat request for `model`.
+pub fn chat_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Hi. Say this is a test"}]})
+}
+
 /// Header every test request carries, so a test can ask whether any backend saw it.
 pub const TAG_HEADER: &str = "x-test-tag";
 

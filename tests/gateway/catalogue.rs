@@ -418,17 +418,7 @@ fn base_model_headers_route_lora_adapters(world: &World) -> Outcome {
     };
     for model in [ADAPTER, LLAMA] {
         let (reply, tag) = send(model, MISTRAL)?;
-        ensure!(
-            reply.status == 200,
-            "{model}: {} {}",
-            reply.status,
-            reply.text()
-        );
-        ensure!(
-            reply.json()?["model"] == model,
-            "{model} answered as {}",
-            reply.text()
-        );
+        reply.expect_answer_of(model)?;
         let seen: Vec<_> = lora
             .seen()
             .into_iter()

@@ -25,7 +25,7 @@ mod token_budget;
 mod usage;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use testkit::client::{request, send, Frames, Protocol, Reply};
@@ -209,9 +209,7 @@ impl World {
     }
 }
 
-pub fn chat_body(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "Hi. Say this is a test"}]})
-}
+pub use testkit::scenario::chat_body;
 
 fn main() -> std::process::ExitCode {
     let cases = [

@@ -6,7 +6,7 @@ use crate::World;
 use bytes::Bytes;
 use std::process::Command;
 use testkit::client::Protocol;
-use testkit::form::{content_type, encode, Part};
+use testkit::form::{audio, audio_form, content_type, encode, Part, BOUNDARY};
 use testkit::scenario::{LLAMA, MISTRAL, PLAIN, TAG_HEADER};
 use testkit::{ensure, Outcome};
 
@@ -17,27 +17,7 @@ testkit::cases!(World;
     broken_and_ambiguous_forms_are_refused,
 );
 
-const BOUNDARY: &str = "------------------------a3f1c2d4e5b60718";
 const TRANSCRIPTIONS: &str = "/v1/audio/transcriptions";
-
-/// Bytes that look like audio: every byte value, CRs, LFs and dashes included.
-fn audio(size: usize) -> Vec<u8> {
-    (0..size as u64)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect()
-}
-
-fn form(model: &str, audio: &[u8], model_last: bool) -> Vec<u8> {
-    let file = Part::file("file", "speech.wav", "audio/wav", audio.to_vec());
-    let mut parts = vec![Part::field("language", "en"), file];
-    let model = Part::field("model", model);
-    if model_last {
-        parts.push(model);
-    } else {
-        parts.insert(0, model);
-    }
-    encode(BOUNDARY, &parts)
-}
 
 /// Posts a form over HTTP/1.1 with its content-length, in frames of `frame` bytes.
 fn post_form(
@@ -98,9 +78,9 @@ fn audio_forms_are_routed_by_their_model_field(world: &World) -> Outcome {
             (PLAIN, PLAIN),
         ] {
             for model_last in [false, true] {
-                let body = form(sent, &sound, model_last);
+                let body = audio_form(sent, sound.clone(), model_last);
                 let (reply, tag) = post_form(world, path, &body, 7_000)?;
-                let expected = form(model, &sound, model_last);
+                let expected = audio_form(model, sound.clone(), model_last);
                 expect_form_served(world, &reply, &tag, model, &expected, sound.len())
                     .map_err(|e| format!("{path} {sent} (model last: {model_last}): {e}"))?;
                 let task = if path == TRANSCRIPTIONS {
@@ -171,7 +151,12 @@ fn curl_form_uploads_are_routed(world: &World) -> Outcome {
 fn four_mib_audio_with_the_model_field_last_routes(world: &World) -> Outcome {
     // Warm both workers' VMs with small forms, then compare the filter's memory.
     for _ in 0..4 {
-        let (reply, tag) = post_form(world, TRANSCRIPTIONS, &form("mistral", b"x", true), 64)?;
+        let (reply, tag) = post_form(
+            world,
+            TRANSCRIPTIONS,
+            &audio_form("mistral", b"x".to_vec(), true),
+            64,
+        )?;
         world.expect_routed(&reply, &tag, MISTRAL)?;
     }
     let sound = audio(4 << 20);
@@ -179,14 +164,14 @@ fn four_mib_audio_with_the_model_field_last_routes(world: &World) -> Outcome {
         .envoy
         .stat("wasmcustom.model_router.wasm_memory_bytes");
     for (sent, model) in [(MISTRAL, MISTRAL), ("mistral", MISTRAL)] {
-        let body = form(sent, &sound, true);
+        let body = audio_form(sent, sound.clone(), true);
         let (reply, tag) = post_form(world, TRANSCRIPTIONS, &body, 64 * 1024)?;
         expect_form_served(
             world,
             &reply,
             &tag,
             model,
-            &form(model, &sound, true),
+            &audio_form(model, sound.clone(), true),
             sound.len(),
         )
         .map_err(|e| format!("{sent}: {e}"))?;

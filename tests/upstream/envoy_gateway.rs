@@ -24,7 +24,7 @@ testkit::cases!(Deployment;
 
 fn scenario_requests_reach_their_backends(deployment: &Deployment) -> Outcome {
     for model in MODELS {
-        let (reply, tag) = deployment.post(&chat_body(model))?;
+        let (reply, tag) = deployment.post(&chat_body(model).to_string())?;
         deployment.expect_served(&reply, &tag, model)?;
     }
     Ok(())
@@ -33,7 +33,7 @@ fn scenario_requests_reach_their_backends(deployment: &Deployment) -> Outcome {
 fn aliases_and_the_model_list_are_answered_from_the_catalogue(deployment: &Deployment) -> Outcome {
     // llm-d-inference-sim answers only the names it serves: an alias reaches it rewritten.
     for (alias, model) in ALIASES {
-        let (reply, tag) = deployment.post(&chat_body(alias))?;
+        let (reply, tag) = deployment.post(&chat_body(alias).to_string())?;
         deployment.expect_served(&reply, &tag, model)?;
     }
     let before = deployment.upstream_requests()?;
@@ -78,7 +78,7 @@ fn aliases_and_the_model_list_are_answered_from_the_catalogue(deployment: &Deplo
 }
 
 fn unknown_model_gets_the_catch_all_404(deployment: &Deployment) -> Outcome {
-    let (reply, _) = deployment.post(&chat_body("gpt-unknown"))?;
+    let (reply, _) = deployment.post(&chat_body("gpt-unknown").to_string())?;
     // The HTTPRouteFilter's direct response, as k8s/routing.yaml writes it.
     testkit::openai::expect_error(
         &reply,
@@ -240,7 +240,7 @@ fn plugin_configuration_changes_while_traffic_flows(deployment: &Deployment) -> 
             while !stop.load(Ordering::SeqCst) {
                 let model = [LLAMA, MISTRAL][round % 2];
                 round += 1;
-                let request = crate::chat(&chat_body(model), &[]);
+                let request = crate::chat(&chat_body(model).to_string(), &[]);
                 let reply =
                     testkit::client::send(listener, testkit::client::Protocol::Http1, request)
                         .await;

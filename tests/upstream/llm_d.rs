@@ -27,7 +27,7 @@ fn local_gateway_routes_the_scenario_to_llm_d_replicas() -> Outcome {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     for pool in &pools {
         let model = pool.backend.model;
-        let body = chat_body(model);
+        let body = chat_body(model).to_string();
         let headers = [("content-type", "application/json")];
         let request = request(
             "POST",
@@ -36,18 +36,8 @@ fn local_gateway_routes_the_scenario_to_llm_d_replicas() -> Outcome {
             Frames::new([bytes::Bytes::from(body)]),
         );
         let reply = runtime.block_on(send(envoy.listener, Protocol::Http1, request))?;
-        ensure!(
-            reply.status == 200,
-            "{model}: {} {}",
-            reply.status,
-            reply.text()
-        );
+        reply.expect_answer_of(model)?;
         let answer = reply.json()?;
-        ensure!(
-            answer["model"] == model,
-            "{model} answered as {}",
-            answer["model"]
-        );
         ensure!(
             answer["choices"][0]["message"]["content"] == "Hi. Say this is a test",
             "llm-d-inference-sim in echo mode answered {answer}"

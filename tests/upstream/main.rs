@@ -10,7 +10,7 @@ mod envoy_gateway;
 mod llm_d;
 mod translate;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,10 +38,7 @@ pub struct Deployment {
 }
 
 /// A chat request for `model`.
-pub fn chat_body(model: &str) -> String {
-    json!({"model": model, "messages": [{"role": "user", "content": "Hi. Say this is a test"}]})
-        .to_string()
-}
+pub use testkit::scenario::chat_body;
 
 impl testkit::cases::World for Deployment {
     fn start() -> Result<Self, String> {
@@ -93,7 +90,11 @@ impl testkit::cases::World for Deployment {
         })?;
         // A filter that cannot read bodies holds requests: give up on each after 5 s.
         let probe = |listener: SocketAddr| {
-            let request = send(listener, Protocol::Http1, chat(&chat_body(PLAIN), &[]));
+            let request = send(
+                listener,
+                Protocol::Http1,
+                chat(&chat_body(PLAIN).to_string(), &[]),
+            );
             runtime
                 .block_on(async { tokio::time::timeout(Duration::from_secs(5), request).await })
                 .is_ok_and(|reply| reply.is_ok_and(|reply| reply.status == 200))
@@ -133,17 +134,7 @@ impl Deployment {
     /// Checks that `reply` is `model`'s answer from one of its own replicas, and that the
     /// backend saw the routing header the body decided.
     pub fn expect_served(&self, reply: &Reply, tag: &str, model: &str) -> Outcome {
-        ensure!(
-            reply.status == 200,
-            "{model}: {} {}",
-            reply.status,
-            reply.text()
-        );
-        ensure!(
-            reply.json()?["model"] == model,
-            "{model} answered as {}",
-            reply.text()
-        );
+        reply.expect_answer_of(model)?;
         if model == PLAIN {
             let seen = self.plain.saw(tag);
             ensure!(
