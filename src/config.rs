@@ -222,14 +222,22 @@ impl Settings {
             &settings.header,
         )
         .map_err(|e| invalid(e.field, e.reason))?;
-        // The names are the response metrics' labels too.
+        // The names, and the upstream names backends answer with, are the response
+        // metrics' labels too.
         for (index, model) in settings.catalogue.models().iter().enumerate() {
-            check_label(&model.name).map_err(|reason| {
-                invalid(
-                    format!("models[{index}].name"),
-                    format!("{:?} is not usable as a metric label: {reason}", model.name),
-                )
-            })?;
+            let names = [
+                ("name", Some(&model.name)),
+                ("upstream_name", model.upstream_name.as_ref()),
+            ];
+            for (field, name) in names {
+                let Some(name) = name else { continue };
+                check_label(name).map_err(|reason| {
+                    invalid(
+                        format!("models[{index}].{field}"),
+                        format!("{name:?} is not usable as a metric label: {reason}"),
+                    )
+                })?;
+            }
         }
         if settings.unknown_models == UnknownModels::Reject && settings.catalogue.is_empty() {
             return Err(invalid(
@@ -313,7 +321,16 @@ impl Settings {
         if self.catalogue.is_empty() {
             ModelLabels::learning()
         } else {
-            ModelLabels::configured(self.catalogue.models().iter().map(|m| m.name.clone()))
+            // A backend answers with the name it serves: the upstream name's own label.
+            let mut names: Vec<String> = Vec::new();
+            for model in self.catalogue.models() {
+                for name in std::iter::once(&model.name).chain(&model.upstream_name) {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+            ModelLabels::configured(names)
         }
     }
 
@@ -388,7 +405,8 @@ mod tests {
                            "metrics_path":"/stats","metrics":{"queue":"q{a=b}","kv_cache":"k"},
                            "weights":{"queue":1,"kv_cache":0,"prefix":5},"refresh_ms":20,
                            "stale_after_ms":100,
-                           "prefix":{"block_bytes":16,"max_blocks":8,"lru_capacity":10}}],
+                           "prefix":{"block_bytes":16,"max_blocks":8,"lru_capacity":10},
+                           "count_unseen_picks":false}],
                  "picker":{"destination_header":"x-dest","metrics_cluster":"mc",
                            "shedding":{"sheddable_objectives":["batch"],"objective_header":"x-o",
                                        "queue_threshold":1,"kv_cache_threshold":0.5,
@@ -447,6 +465,7 @@ mod tests {
                         max_blocks: 8,
                         lru_capacity: 10
                     },
+                    count_unseen_picks: false,
                 }],
                 picker: PickerConfig {
                     destination_header: "x-dest".into(),
@@ -529,6 +548,10 @@ mod tests {
                 "models[1].name",
             ),
             (r#"{"models":[{"name":"a=b"}]}"#, "models[0].name"),
+            (
+                r#"{"models":[{"name":"a","upstream_name":"x..y"}]}"#,
+                "models[0].upstream_name",
+            ),
             (
                 r#"{"pools":[{"name":"p","models":[],"endpoints":["1.2.3.4:5"]}]}"#,
                 "pools[0].models",
@@ -638,6 +661,23 @@ mod tests {
         )
         .reason
         .contains("unknown field `weight`"));
+    }
+
+    #[test]
+    fn backends_answering_with_an_upstream_name_keep_their_own_label() {
+        let settings = Settings::parse(
+            br#"{"models":[{"name":"qwen","upstream_name":"Qwen/Qwen2.5-7B-Instruct"},
+                           {"name":"llama"},{"name":"llama-2","upstream_name":"llama"}]}"#,
+        )
+        .unwrap();
+        let labels = settings.model_labels();
+        let qwen = labels.label(b"qwen");
+        let served = labels.label(b"Qwen/Qwen2.5-7B-Instruct");
+        assert!(qwen != 0 && served != 0 && qwen != served);
+        // An upstream name that is another model's name is one label, not two.
+        assert_eq!(labels.label(b"llama"), 3);
+        assert_eq!(labels.label(b"llama-2"), 4);
+        assert_eq!(labels.label(b"mistral"), 0);
     }
 
     #[test]

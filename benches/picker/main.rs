@@ -87,6 +87,8 @@ pub struct Run {
 
 fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    // Only picking's price (native and counted), for work on the picker's hot path.
+    let cost_only = std::env::args().any(|a| a == "--cost");
     let bench = Bench {
         runtime: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -119,6 +121,11 @@ fn main() -> std::process::ExitCode {
         ),
     ];
     let mut total = 0;
+    let workloads = if cost_only {
+        &workloads[..0]
+    } else {
+        &workloads[..]
+    };
     for (w, (workload, rates, policies)) in workloads.iter().enumerate() {
         let mut runs = Vec::new();
         for policy in policies {
@@ -152,6 +159,11 @@ fn main() -> std::process::ExitCode {
     let counted = counted::count(&bench, if smoke { 8 } else { 100 })
         .map_err(|e| failures.push(format!("instruction count: {e}")))
         .ok();
+    if cost_only {
+        println!("native us per request (scan alone, scan and pick): {native:.1?}");
+        println!("counted instructions per request: {counted:?}");
+        return testkit::bench::finish(smoke, total, failures);
+    }
     let markdown = report::markdown(
         &results,
         plan,

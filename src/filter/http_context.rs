@@ -11,7 +11,7 @@
 
 use super::gen_ai_metrics::Labels;
 use super::host::{header_map, send_local_reply};
-use super::picking::{Outcome, PICKED_ENDPOINT_KEY};
+use super::picking::Outcome;
 use super::plugin::Plugin;
 use crate::request::rewrite::{self, BodyBuffer};
 use crate::request::stream_options::include_usage_edit;
@@ -110,9 +110,8 @@ impl ModelRouterStream {
                     Some(Outcome::Pick(destination)) => {
                         let header = &plugin.picker.as_ref().expect("a picker").destination_header;
                         self.set_http_request_header(header, Some(destination));
-                        // The access log's %FILTER_STATE(wasm.model_router.picked_endpoint)%.
                         let picked = destination.split(',').next().unwrap_or_default();
-                        self.set_property(vec![PICKED_ENDPOINT_KEY], Some(picked.as_bytes()));
+                        self.publish(StateKey::PickedEndpoint, picked.as_bytes());
                         debug!("picked {destination}");
                     }
                     Some(Outcome::Unscored) => {

@@ -14,9 +14,6 @@ use proxy_wasm::types::{MetricType, Status};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The filter state (`wasm.<key>` in Envoy) naming the endpoint a request was picked for.
-pub const PICKED_ENDPOINT_KEY: &str = "model_router.picked_endpoint";
-
 /// Counters of one pool.
 #[derive(Debug)]
 struct PoolStats {

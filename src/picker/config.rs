@@ -39,10 +39,18 @@ pub struct PoolConfig {
     pub stale_after_ms: u64,
     #[serde(default)]
     pub prefix: PrefixConfig,
+    /// Count this worker's picks since an endpoint's metrics were fetched as waiting there
+    /// ([`super::recent`]); false is GIE v1.0's queue scorer exactly, which herds requests
+    /// arriving within one refresh period onto one endpoint.
+    #[serde(default = "default_count_unseen_picks")]
+    pub count_unseen_picks: bool,
 }
 
 fn default_metrics_path() -> String {
     "/metrics".to_owned()
+}
+fn default_count_unseen_picks() -> bool {
+    true
 }
 fn default_refresh_ms() -> u64 {
     50
@@ -190,6 +198,7 @@ pub struct Pool {
     pub refresh_ms: u64,
     pub stale_after_ms: u64,
     pub prefix: PrefixConfig,
+    pub count_unseen_picks: bool,
 }
 
 /// A configuration error: the field (`pools[0].endpoints[2]`) and the reason.
@@ -353,6 +362,7 @@ fn validate_pool(
         refresh_ms: pool.refresh_ms,
         stale_after_ms: pool.stale_after_ms,
         prefix,
+        count_unseen_picks: pool.count_unseen_picks,
     })
 }
 

@@ -5,7 +5,7 @@
 //! The parts, each plain Rust: [`config`] (pools, validated once), [`prompt`] (the chat
 //! template, built from the strings the request scanner decodes, and its block hashes),
 //! [`xxhash`], [`prefix`] (the per-endpoint LRU of block hashes), [`scorers`] (scores, the
-//! picker, its randomness), [`metrics_text`] (the model servers' Prometheus text), [`snapshot`]
+//! picker, its randomness), [`recent`] (picks the metrics do not show yet), [`metrics_text`] (the model servers' Prometheus text), [`snapshot`]
 //! (what crosses Envoy's shared data), [`poller`] (the metrics singleton's schedule), [`hints`]
 //! (where the workers sent new prefix groups) and
 //! [`Picker`] below (a worker's view of the pools, and the pick).
@@ -36,6 +36,7 @@ pub mod metrics_text;
 pub mod poller;
 pub mod prefix;
 pub mod prompt;
+pub mod recent;
 pub mod scorers;
 pub mod snapshot;
 pub mod xxhash;
@@ -43,6 +44,7 @@ pub mod xxhash;
 use config::{Pool, Shedding};
 use hints::{GroupHints, NewGroup};
 use prefix::PrefixIndex;
+use recent::RecentPicks;
 use scorers::{max_score_order, rendezvous, totals, Candidate, Rng};
 pub use snapshot::Snapshot;
 
@@ -66,6 +68,8 @@ pub struct PoolPicker {
     pub pool: Pool,
     endpoints: Vec<EndpointState>,
     index: PrefixIndex,
+    /// This worker's picks the metrics may not show yet.
+    recent: RecentPicks,
     /// Scratch for the prefix matches, one per endpoint.
     matched: Vec<u32>,
 }
@@ -107,6 +111,7 @@ impl Picker {
                     pool,
                     endpoints: vec![EndpointState::default(); endpoints],
                     index,
+                    recent: RecentPicks::new(endpoints),
                     matched: vec![0; endpoints],
                 }
             })
@@ -136,6 +141,7 @@ impl Picker {
     /// `now_ms`: an endpoint is trusted while its last fetch succeeded within `stale_after_ms`.
     pub fn refresh(&mut self, snapshot: Option<&Snapshot>, now_ms: u64) {
         for pool in &mut self.pools {
+            pool.recent.advance(now_ms);
             for (endpoint, state) in pool.pool.endpoints.iter().zip(&mut pool.endpoints) {
                 if let Some(reading) = snapshot.and_then(|s| {
                     s.endpoints
@@ -217,7 +223,7 @@ impl Picker {
         let candidates: Vec<Candidate> = fresh
             .iter()
             .map(|&e| Candidate {
-                queue: pool.endpoints[e].queue,
+                queue: pool.queue(e),
                 kv_cache: pool.endpoints[e].kv_cache,
                 matched_blocks: pool.matched[e],
             })
@@ -242,6 +248,7 @@ impl Picker {
         order.extend(stale);
         let chosen = order[0];
         pool.index.add(hashes, chosen);
+        pool.recent.record(chosen);
         Decision {
             matched_blocks: pool.matched[chosen],
             order,
@@ -269,6 +276,18 @@ impl Picker {
 }
 
 impl PoolPicker {
+    /// The queue the scorer sees for `endpoint`: its waiting requests, and (unless
+    /// configured off) the picks its metrics cannot show yet.
+    fn queue(&self, endpoint: usize) -> u32 {
+        let state = &self.endpoints[endpoint];
+        if self.pool.count_unseen_picks {
+            let unseen = self.recent.unseen(endpoint, state.fetched_at_ms);
+            state.queue.saturating_add(unseen)
+        } else {
+            state.queue
+        }
+    }
+
     fn fresh(&self, endpoint: &EndpointState) -> bool {
         endpoint
             .age_ms

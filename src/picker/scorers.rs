@@ -1,6 +1,7 @@
 //! GIE v1.0's scorers and max-score picker (`scheduling/framework/plugins/scorer/`,
 //! `picker/max_score_picker.go`, `scheduler_profile.go`), over one pool's candidates:
-//! - queue: (max - q) / (max - min) of the waiting requests over the candidates, 1 for all
+//! - queue: (max - q) / (max - min) of the waiting requests (and the picks their metrics do
+//!   not show yet, [`super::recent`]) over the candidates, 1 for all
 //!   when they are equal;
 //! - kv-cache: 1 - usage;
 //! - prefix: blocks matched / blocks of the request (0 without blocks);

@@ -50,28 +50,18 @@ fn models_find_their_pool() {
 
 #[test]
 fn a_long_queue_or_a_full_kv_cache_is_avoided() {
+    // Each pick with metrics fetched after the one before (so they show it).
     let mut picker = picker(None);
-    picker.refresh(
-        Some(&snapshot([
-            (10, 0.1, 1000, true),
-            (0, 0.1, 1000, true),
-            (0, 0.1, 1000, true),
-        ])),
-        1000,
-    );
-    for _ in 0..50 {
-        assert_ne!(picker.pick(0, &[]).order[0], 0);
-    }
-    picker.refresh(
-        Some(&snapshot([
-            (0, 0.1, 1000, true),
-            (0, 1.0, 1000, true),
-            (0, 0.1, 1000, true),
-        ])),
-        1000,
-    );
-    for _ in 0..50 {
-        assert_ne!(picker.pick(0, &[]).order[0], 1);
+    for (avoided, readings) in [
+        (0, [(10, 0.1), (0, 0.1), (0, 0.1)]),
+        (1, [(0, 0.1), (0, 1.0), (0, 0.1)]),
+    ] {
+        for n in 0..50 {
+            let at = 1000 + n * 50;
+            let fetched = readings.map(|(queue, kv)| (queue, kv, at, true));
+            picker.refresh(Some(&snapshot(fetched)), at);
+            assert_ne!(picker.pick(0, &[]).order[0], avoided);
+        }
     }
 }
 
@@ -103,6 +93,46 @@ fn requests_sharing_a_prefix_stay_together_while_others_spread() {
         3,
         "prompts without a shared prefix use every endpoint"
     );
+}
+
+#[test]
+fn picks_within_one_refresh_period_spread_over_the_endpoints() {
+    let unrelated = |n: usize| hashes(&format!("{n} unrelated {}", "y".repeat(200)));
+    // Endpoint 0 looks least loaded in a snapshot fetched just before the picks.
+    let readings = [
+        (0, 0.1, 1000, true),
+        (0, 0.2, 1000, true),
+        (0, 0.3, 1000, true),
+    ];
+    let mut picker = picker(None);
+    picker.refresh(Some(&snapshot(readings)), 1000);
+    let firsts: Vec<usize> = (0..3)
+        .map(|n| picker.pick(0, &unrelated(n)).order[0])
+        .collect();
+    assert_eq!(
+        firsts,
+        [0, 1, 2],
+        "each pick counts as waiting where it went"
+    );
+    // A refresh that brings no newer fetch keeps counting them.
+    picker.refresh(Some(&snapshot(readings)), 1050);
+    assert_eq!(picker.pools[0].queue(0), 1);
+    // Metrics fetched after the picks show them: the picks no longer count.
+    let later = readings.map(|(q, kv, _, ok)| (q, kv, 1060, ok));
+    picker.refresh(Some(&snapshot(later)), 1100);
+    assert_eq!(picker.pick(0, &unrelated(3)).order[0], 0);
+
+    // Configured off, the queue scorer is GIE's: every pick in the period herds onto one.
+    let config: PoolConfig = serde_json::from_value(serde_json::json!({
+        "name": "pool", "models": ["llama"], "endpoints": ENDPOINTS, "count_unseen_picks": false,
+    }))
+    .unwrap();
+    let mut gie = Picker::new(validate_pools(vec![config], |_| Ok(())).unwrap(), None, 99);
+    gie.refresh(Some(&snapshot(readings)), 1000);
+    let herded: Vec<usize> = (0..3)
+        .map(|n| gie.pick(0, &unrelated(n)).order[0])
+        .collect();
+    assert_eq!(herded, [0, 0, 0]);
 }
 
 #[test]

@@ -35,10 +35,13 @@ pub enum StateKey {
     TotalTokens,
     /// Milliseconds from the end of the request to the first content.
     TimeToFirstTokenMs,
+    /// The endpoint the in-filter picker chose (`ip:port`; Envoy's `%UPSTREAM_HOST%` is the
+    /// one it dialled, another after a retry).
+    PickedEndpoint,
 }
 
 impl StateKey {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::RequestModel,
         Self::ResponseModel,
         Self::InputTokens,
@@ -46,6 +49,7 @@ impl StateKey {
         Self::CachedTokens,
         Self::TotalTokens,
         Self::TimeToFirstTokenMs,
+        Self::PickedEndpoint,
     ];
 
     /// The filter state key, under Envoy's `wasm.` prefix.
@@ -58,6 +62,7 @@ impl StateKey {
             Self::CachedTokens => "model_router.cached_tokens",
             Self::TotalTokens => "model_router.total_tokens",
             Self::TimeToFirstTokenMs => "model_router.time_to_first_token_ms",
+            Self::PickedEndpoint => "model_router.picked_endpoint",
         }
     }
 }

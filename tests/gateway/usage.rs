@@ -10,7 +10,7 @@ use crate::{chat_body, World};
 use serde_json::{json, Value};
 use testkit::client::{Protocol, Reply};
 use testkit::envoy::{Envoy, LocalGateway};
-use testkit::scenario::{LLAMA, MISTRAL, PLAIN};
+use testkit::scenario::{LLAMA, MISTRAL, PLAIN, ROUTING_HEADER};
 use testkit::{ensure, Outcome};
 
 /// The filter-state keys envoy.yaml's access log prints, which the cases that start their own
@@ -28,7 +28,9 @@ testkit::cases!(World;
     streams_without_include_usage_count_latency_but_no_tokens,
     cached_tokens_are_counted_in_every_api,
     answers_are_counted_by_status_class,
+    latency_is_what_the_backend_took,
     unlisted_models_share_the_other_label,
+    answers_under_an_upstream_name_keep_that_label,
     without_a_model_list_answered_models_become_labels,
 );
 
@@ -279,7 +281,7 @@ fn answers_are_counted_by_status_class(world: &World) -> Outcome {
         reply.status
     );
     let fault = [(llm_sim::FAULT_HEADER, "error-500")];
-    let (reply, _) = ask(
+    let (reply, _, tag) = ask_tagged(
         world,
         &world.envoy,
         "/v1/chat/completions",
@@ -287,6 +289,14 @@ fn answers_are_counted_by_status_class(world: &World) -> Outcome {
         &fault,
     )?;
     ensure!(reply.status == 500, "error-500: status {}", reply.status);
+    // Observed, not altered: the error reaches the client as the backend wrote it.
+    let sent = world.seen_once(&tag)?.sent();
+    ensure!(
+        !sent.is_empty() && reply.body == sent,
+        "the client got {:?}, the backend sent {:?}",
+        reply.text(),
+        String::from_utf8_lossy(&sent)
+    );
     let class = |model, class| {
         let mut labels = labels("chat", model, None);
         labels.push(("status_class", class));
@@ -359,6 +369,133 @@ fn without_a_model_list_answered_models_become_labels(world: &World) -> Outcome 
     ensure!(
         grew(&before, &after, RESPONSES, &unknown) == 1.0,
         "a model no backend answered got a label of its own"
+    );
+    Ok(())
+}
+
+/// A catalogue model whose backend serves it under another name: the backend gets that name in
+/// the body, and its answer is counted under it (the response model), not as `other`.
+fn answers_under_an_upstream_name_keep_that_label(world: &World) -> Outcome {
+    const PUBLIC: &str = "llama-public";
+    let config = json!({
+        "models": [{"name": PUBLIC, "upstream_name": LLAMA}, {"name": MISTRAL}],
+        "response": {"usage": true, "filter_state": ACCESS_LOG_STATE},
+    });
+    let envoy = {
+        let _guard = world.runtime.enter();
+        LocalGateway::new(&world.backends)?
+            .edit(
+                &format!(
+                    "- name: {ROUTING_HEADER}\n                    string_match: {{ exact: {LLAMA} }}"
+                ),
+                &format!(
+                    "- name: {ROUTING_HEADER}\n                    string_match: {{ exact: {PUBLIC} }}"
+                ),
+            )?
+            .plugin_config(&config.to_string())?
+            .start()?
+    };
+    let path = "/v1/chat/completions";
+    let before = envoy.scrape()?;
+    let (reply, id, tag) = ask_tagged(world, &envoy, path, &chat_body(PUBLIC), &[])?;
+    reply.expect_answer_of(LLAMA)?;
+    let seen = world.seen_once(&tag)?;
+    let sent = chat_body(LLAMA).to_string();
+    ensure!(
+        seen.body == sent.as_bytes() && seen.header_values(ROUTING_HEADER) == [PUBLIC],
+        "the backend got {} with {ROUTING_HEADER} {:?}",
+        String::from_utf8_lossy(&seen.body),
+        seen.header_values(ROUTING_HEADER)
+    );
+    let answer = reported(path, &reply.body)?;
+    let model_labels = labels("chat", PUBLIC, Some(LLAMA));
+    let after = envoy.scrape_until(|s| grew(&before, s, DURATION, &model_labels) >= 1.0)?;
+    expect_tokens(&before, &after, &model_labels, &answer)?;
+    let line = envoy.wait_access_log(&format!("request_id={id}"))?;
+    ensure!(
+        log_field(&line, "response_model") == Some(LLAMA),
+        "access log {line}"
+    );
+    Ok(())
+}
+
+/// The latency histograms and the access log's time to first token measure what a backend
+/// that paces its answer took: its delay before the first token, then between tokens.
+fn latency_is_what_the_backend_took(world: &World) -> Outcome {
+    const TTFT_MS: u64 = 150;
+    const TPOT_MS: u64 = 20;
+    let mut config = llm_sim::PoolConfig::new("paced", &[PLAIN]);
+    config.time_to_first_token = std::time::Duration::from_millis(TTFT_MS);
+    config.time_per_output_token = std::time::Duration::from_millis(TPOT_MS);
+    let paced = world
+        .runtime
+        .block_on(llm_sim::Pool::bind(config, "127.0.0.1", 0, 1))
+        .map_err(|e| e.to_string())?;
+    let plain_port = testkit::scenario::backend_of(PLAIN).first_port;
+    let ports: Vec<(u16, u16)> = world
+        .backends
+        .port_map()
+        .into_iter()
+        .map(|(written, bound)| {
+            let port = if written == plain_port {
+                paced.replicas[0].addr.port()
+            } else {
+                bound
+            };
+            (written, port)
+        })
+        .collect();
+    let config = json!({"response": {"usage": true, "filter_state": ACCESS_LOG_STATE}});
+    let envoy = {
+        let _guard = world.runtime.enter();
+        LocalGateway::with_ports(&ports)?
+            .plugin_config(&config.to_string())?
+            .start()?
+    };
+    let path = "/v1/chat/completions";
+    let before = envoy.scrape()?;
+    let (reply, id) = ask(world, &envoy, path, &api_body(path, PLAIN, true), &[])?;
+    let answer = reported(path, &reply.body)?;
+    ensure!(
+        reply.status == 200 && answer.output > 1,
+        "status {}, {answer:?}",
+        reply.status
+    );
+    let model_labels = labels("chat", PLAIN, Some(PLAIN));
+    let after = envoy.scrape_until(|s| grew(&before, s, DURATION, &model_labels) >= 1.0)?;
+    let sum = |histogram: &str| {
+        grew(
+            &before,
+            &after,
+            &histogram.replace("_count", "_sum"),
+            &model_labels,
+        )
+    };
+    let tokens = answer.output as f64;
+    // Lower bounds are the backend's own pacing; upper bounds leave a second for a busy machine.
+    let ttft = sum(TTFT);
+    ensure!(
+        (TTFT_MS as f64..TTFT_MS as f64 + 1000.0).contains(&ttft),
+        "time to first token {ttft} ms, the backend waited {TTFT_MS} ms"
+    );
+    let tpot = sum(TPOT);
+    ensure!(
+        (TPOT_MS as f64 * 900.0..TPOT_MS as f64 * 1000.0 + 1e6 / (tokens - 1.0)).contains(&tpot),
+        "time per output token {tpot} us, the backend paced {TPOT_MS} ms ({tokens} tokens)"
+    );
+    let duration = sum(DURATION);
+    let paced_ms = (TTFT_MS + TPOT_MS * (answer.output - 1)) as f64;
+    ensure!(
+        (paced_ms * 0.95..paced_ms + 1000.0).contains(&duration),
+        "duration {duration} ms, the backend took at least {paced_ms} ms"
+    );
+    let line = envoy.wait_access_log(&format!("request_id={id}"))?;
+    let logged: u64 = log_field(&line, "ttft_ms")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no ttft_ms in {line}"))?;
+    ensure!(
+        (TTFT_MS..TTFT_MS + 1000).contains(&logged),
+        "access log ttft_ms={logged}: {line}"
     );
     Ok(())
 }
