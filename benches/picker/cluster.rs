@@ -61,10 +61,7 @@ const REPLICA_FLAGS: [&str; 18] = [
 /// Six fresh replicas on free ports.
 pub fn start_replicas(binary: &Path) -> Result<Vec<LlmdReplica>, String> {
     (0..REPLICAS)
-        .map(|i| {
-            let port = testkit::process::free_port();
-            LlmdReplica::start(binary, &format!("r{i}"), MODEL, port, &REPLICA_FLAGS)
-        })
+        .map(|i| LlmdReplica::start_on_free_port(binary, &format!("r{i}"), MODEL, &REPLICA_FLAGS))
         .collect()
 }
 

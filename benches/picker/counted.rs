@@ -29,12 +29,10 @@ pub struct Counted {
 pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
     let replicas: Vec<LlmdReplica> = (0..crate::cluster::REPLICAS)
         .map(|i| {
-            let port = testkit::process::free_port();
-            LlmdReplica::start(
+            LlmdReplica::start_on_free_port(
                 &bench.sim,
                 &format!("c{i}"),
                 MODEL,
-                port,
                 &["--mode", "random"],
             )
         })

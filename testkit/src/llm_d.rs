@@ -2,7 +2,7 @@
 //! started on a given port with the dummy tokenizer (it would otherwise reach for a model hub),
 //! and named so that its answers say which replica served them.
 
-use crate::process::{wait_http_ok, Process};
+use crate::process::{free_port, wait_serving, Process, EXITED};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ const MAX_MODEL_LEN: &str = "1000000";
 
 /// A running llm-d-inference-sim replica, stopped on drop.
 pub struct LlmdReplica {
-    _process: Process,
+    process: Process,
     /// Its name, `<pool>-<index>`: the value of its [`POD_HEADER`].
     pub name: String,
     pub addr: SocketAddr,
@@ -46,14 +46,39 @@ impl LlmdReplica {
                 .stderr(Stdio::null()),
         )?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let replica = Self {
-            _process: process,
+        let mut replica = Self {
+            process,
             name: name.to_owned(),
             addr,
         };
-        wait_http_ok(addr, "/health", Duration::from_secs(30))
-            .map_err(|e| format!("llm-d-inference-sim {name}: {e}"))?;
+        wait_serving(
+            Some(&mut replica.process),
+            addr,
+            "/health",
+            Duration::from_secs(30),
+        )
+        .map_err(|e| format!("llm-d-inference-sim {name} on port {port}: {e}"))?;
         Ok(replica)
+    }
+
+    /// [`Self::start`] on a free port, chosen again if the replica exits before it answers:
+    /// a port found free can be taken before the replica binds it (by a client connection's
+    /// ephemeral port, under load), and the replica then exits at once.
+    pub fn start_on_free_port(
+        binary: &Path,
+        name: &str,
+        model: &str,
+        extra: &[&str],
+    ) -> Result<Self, String> {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::start(binary, name, model, free_port(), extra) {
+                Ok(replica) => return Ok(replica),
+                Err(e) if e.contains(EXITED) => failures.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failures.join("; "))
     }
 }
 

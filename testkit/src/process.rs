@@ -88,8 +88,24 @@ pub fn spawn_listening(
 
 /// Polls `http://addr{path}` until it answers 200, for at most `timeout`.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    wait_serving(None, addr, path, timeout)
+}
+
+/// What [`wait_serving`] says when the process it waits on has exited.
+pub const EXITED: &str = "exited";
+
+/// [`wait_http_ok`] for the server `process` runs: fails at once if it exits.
+pub fn wait_serving(
+    mut process: Option<&mut Process>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
+        if let Some(status) = process.as_mut().and_then(|p| p.exited()) {
+            return Err(format!("{EXITED} ({status}) before answering {path}"));
+        }
         let last = match get(addr, path) {
             Ok((200, _)) => return Ok(()),
             Ok((status, body)) => format!("{status} {body}"),
