@@ -94,9 +94,6 @@ pub struct PrefixIndex {
     lrus: Vec<Lru>,
     nodes: Vec<Node>,
     holders: HashMap<u64, Holders, Seeded>,
-    /// The first holder node of each hash the last [`Self::match_prefix`] matched, so that
-    /// the [`Self::add`] after it finds a held hash's node without a second map lookup.
-    matched_run: Vec<u32>,
 }
 
 impl PrefixIndex {
@@ -116,7 +113,6 @@ impl PrefixIndex {
             ],
             nodes: Vec::new(),
             holders: HashMap::with_hasher(Seeded(seed)),
-            matched_run: Vec::new(),
         }
     }
 
@@ -128,14 +124,12 @@ impl PrefixIndex {
     /// GIE's `matchLongestPrefix`: from the first hash on, until one no endpoint holds, adds
     /// one to `matched[e]` for each hash endpoint `e` holds. `matched` has one entry per
     /// endpoint and is zeroed first.
-    pub fn match_prefix(&mut self, hashes: &[u64], matched: &mut [u32]) {
+    pub fn match_prefix(&self, hashes: &[u64], matched: &mut [u32]) {
         matched.fill(0);
-        self.matched_run.clear();
         for hash in hashes {
             let Some(holders) = self.holders.get(hash) else {
                 break;
             };
-            self.matched_run.push(holders.first);
             let mut mask = holders.mask;
             while mask != 0 {
                 matched[mask.trailing_zeros() as usize] += 1;
@@ -147,35 +141,9 @@ impl PrefixIndex {
     /// Records that `endpoint` now holds every hash of `hashes` (in order, the last the most
     /// recent), evicting its least recent ones beyond the capacity.
     pub fn add(&mut self, hashes: &[u64], endpoint: usize) {
-        for (at, &hash) in hashes.iter().enumerate() {
-            match self.held_node(at, hash, endpoint) {
-                Some(node) => {
-                    self.unlink(node);
-                    self.push_newest(node);
-                }
-                None => self.add_one(hash, endpoint),
-            }
+        for &hash in hashes {
+            self.add_one(hash, endpoint);
         }
-    }
-
-    /// `endpoint`'s node for `hash`, found from the last match's run when the `at`-th hash
-    /// it matched starts a chain holding it. The run may be out of date (other hashes added
-    /// and evicted since): a node is trusted only if it holds `hash` for `endpoint`, which
-    /// only the live node for the pair does (evicted nodes are reused at once), and the walk
-    /// stops at the first node of another hash.
-    fn held_node(&self, at: usize, hash: u64, endpoint: usize) -> Option<u32> {
-        let mut node = *self.matched_run.get(at)?;
-        for _ in 0..MAX_ENDPOINTS {
-            let entry = self.nodes.get(node as usize)?;
-            if entry.hash != hash {
-                return None;
-            }
-            if entry.endpoint as usize == endpoint {
-                return Some(node);
-            }
-            node = entry.sibling;
-        }
-        None
     }
 
     fn add_one(&mut self, hash: u64, endpoint: usize) {
@@ -291,7 +259,7 @@ impl PrefixIndex {
 mod tests {
     use super::*;
 
-    fn matched(index: &mut PrefixIndex, hashes: &[u64], endpoints: usize) -> Vec<u32> {
+    fn matched(index: &PrefixIndex, hashes: &[u64], endpoints: usize) -> Vec<u32> {
         let mut out = vec![0; endpoints];
         index.match_prefix(hashes, &mut out);
         out
@@ -302,11 +270,11 @@ mod tests {
         let mut index = PrefixIndex::new(3, 100, 7);
         index.add(&[1, 2, 3, 4], 0);
         index.add(&[1, 2, 9], 1);
-        assert_eq!(matched(&mut index, &[1, 2, 3, 4, 5], 3), [4, 2, 0]);
-        assert_eq!(matched(&mut index, &[1, 2, 9, 4], 3), [3, 3, 0]);
+        assert_eq!(matched(&index, &[1, 2, 3, 4, 5], 3), [4, 2, 0]);
+        assert_eq!(matched(&index, &[1, 2, 9, 4], 3), [3, 3, 0]);
         // GIE stops at the first hash nobody holds, even if a later one is held.
-        assert_eq!(matched(&mut index, &[7, 1, 2], 3), [0, 0, 0]);
-        assert_eq!(matched(&mut index, &[], 3), [0, 0, 0]);
+        assert_eq!(matched(&index, &[7, 1, 2], 3), [0, 0, 0]);
+        assert_eq!(matched(&index, &[], 3), [0, 0, 0]);
     }
 
     #[test]
@@ -322,11 +290,11 @@ mod tests {
         assert_eq!(index.held(0), [4, 1, 3]);
         assert_eq!(index.len(0), 3);
         // Endpoint 1 keeps its own copy of hash 2, which endpoint 0 no longer holds.
-        assert_eq!(matched(&mut index, &[1, 2, 3], 2), [2, 3]);
+        assert_eq!(matched(&index, &[1, 2, 3], 2), [2, 3]);
         index.add(&[5, 6, 7], 1);
         assert_eq!(index.held(1), [7, 6, 5]);
-        assert_eq!(matched(&mut index, &[1, 2, 3], 2), [1, 0]);
-        assert_eq!(matched(&mut index, &[4], 2), [1, 0]);
+        assert_eq!(matched(&index, &[1, 2, 3], 2), [1, 0]);
+        assert_eq!(matched(&index, &[4], 2), [1, 0]);
     }
 
     #[test]
@@ -346,11 +314,6 @@ mod tests {
         for _ in 0..2_000 {
             let endpoint = (next() % endpoints as u64) as usize;
             let hashes: Vec<u64> = (0..(next() % 20)).map(|_| next() % 300).collect();
-            // As a pick does it, half the time: match first, so that the add takes the
-            // matched run's nodes (the run goes out of date as the add evicts).
-            if next() % 2 == 0 {
-                index.match_prefix(&hashes, &mut vec![0; endpoints]);
-            }
             index.add(&hashes, endpoint);
             let list = &mut model[endpoint];
             for &hash in &hashes {
@@ -368,7 +331,7 @@ mod tests {
                     expected[e] += u32::from(list.contains(hash));
                 }
             }
-            assert_eq!(matched(&mut index, &probe, endpoints), expected);
+            assert_eq!(matched(&index, &probe, endpoints), expected);
         }
         for (endpoint, list) in model.iter().enumerate() {
             assert_eq!(&index.held(endpoint), list);
