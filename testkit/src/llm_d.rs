@@ -2,7 +2,7 @@
 //! started on a given port with the dummy tokenizer (it would otherwise reach for a model hub),
 //! and named so that its answers say which replica served them.
 
-use crate::process::{free_port, wait_serving, Process, EXITED};
+use crate::process::{free_port, wait_serving, NotServing, Process};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,9 +11,12 @@ use std::time::Duration;
 /// Response header llm-d-inference-sim adds with the replica's POD_NAME.
 pub const POD_HEADER: &str = "x-inference-pod";
 
-/// Longest prompt (in dummy-tokenizer tokens) a replica accepts: room for the tests' large
-/// bodies, which the default 1,024 would refuse.
-const MAX_MODEL_LEN: &str = "1000000";
+/// Longest prompt (in dummy-tokenizer tokens) a replica accepts: room for the tests' largest
+/// body (100 KiB, about 20,500 tokens), which the default 1,024 would refuse. Not more: the
+/// simulator sizes a channel of `(max-num-seqs + max-waiting-queue-length) x max-model-len`
+/// float64s at startup (`metrics.go`, v0.10.2), so 1,000,000 asked 8 GB of every replica and
+/// now and then kept one from listening for over 30 s (a CI run lost its world that way).
+const MAX_MODEL_LEN: &str = "32768";
 
 /// A running llm-d-inference-sim replica, stopped on drop.
 pub struct LlmdReplica {
@@ -33,6 +36,43 @@ impl LlmdReplica {
         port: u16,
         extra: &[&str],
     ) -> Result<Self, String> {
+        Self::launch(binary, name, model, port, extra)?
+            .map_err(|e| format!("llm-d-inference-sim {name} on port {port}: {e}"))
+    }
+
+    /// [`Self::start`] on a free port, chosen again if the replica exits before it answers:
+    /// a port found free can be taken before the replica binds it (by a client connection's
+    /// ephemeral port, under load), and the replica then exits at once.
+    pub fn start_on_free_port(
+        binary: &Path,
+        name: &str,
+        model: &str,
+        extra: &[&str],
+    ) -> Result<Self, String> {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let failure = match Self::launch(binary, name, model, port, extra)? {
+                Ok(replica) => return Ok(replica),
+                Err(e @ NotServing::Exited(_)) => e,
+                Err(e) => return Err(format!("llm-d-inference-sim {name} on port {port}: {e}")),
+            };
+            failures.push(format!("on port {port}: {failure}"));
+        }
+        Err(format!(
+            "llm-d-inference-sim {name}: {}",
+            failures.join("; ")
+        ))
+    }
+
+    /// Spawns the replica (the outer error: it could not be) and waits for its /health.
+    fn launch(
+        binary: &Path,
+        name: &str,
+        model: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Result<Self, NotServing>, String> {
         let process = Process::spawn(
             Command::new(binary)
                 .args(["--model", model, "--port", &port.to_string()])
@@ -51,34 +91,13 @@ impl LlmdReplica {
             name: name.to_owned(),
             addr,
         };
-        wait_serving(
+        Ok(wait_serving(
             Some(&mut replica.process),
             addr,
             "/health",
             Duration::from_secs(30),
         )
-        .map_err(|e| format!("llm-d-inference-sim {name} on port {port}: {e}"))?;
-        Ok(replica)
-    }
-
-    /// [`Self::start`] on a free port, chosen again if the replica exits before it answers:
-    /// a port found free can be taken before the replica binds it (by a client connection's
-    /// ephemeral port, under load), and the replica then exits at once.
-    pub fn start_on_free_port(
-        binary: &Path,
-        name: &str,
-        model: &str,
-        extra: &[&str],
-    ) -> Result<Self, String> {
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            match Self::start(binary, name, model, free_port(), extra) {
-                Ok(replica) => return Ok(replica),
-                Err(e) if e.contains(EXITED) => failures.push(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(failures.join("; "))
+        .map(|()| replica))
     }
 }
 

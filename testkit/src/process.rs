@@ -88,11 +88,26 @@ pub fn spawn_listening(
 
 /// Polls `http://addr{path}` until it answers 200, for at most `timeout`.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    wait_serving(None, addr, path, timeout)
+    wait_serving(None, addr, path, timeout).map_err(|e| e.to_string())
 }
 
-/// What [`wait_serving`] says when the process it waits on has exited.
-pub const EXITED: &str = "exited";
+/// Why [`wait_serving`] gave up.
+#[derive(Debug)]
+pub enum NotServing {
+    /// The process exited before it answered.
+    Exited(std::process::ExitStatus),
+    /// It did not answer 200 in time; the last answer or error.
+    Timeout(String),
+}
+
+impl std::fmt::Display for NotServing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(status) => write!(f, "exited ({status}) before answering"),
+            Self::Timeout(last) => f.write_str(last),
+        }
+    }
+}
 
 /// [`wait_http_ok`] for the server `process` runs: fails at once if it exits.
 pub fn wait_serving(
@@ -100,11 +115,11 @@ pub fn wait_serving(
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), NotServing> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = process.as_mut().and_then(|p| p.exited()) {
-            return Err(format!("{EXITED} ({status}) before answering {path}"));
+            return Err(NotServing::Exited(status));
         }
         let last = match get(addr, path) {
             Ok((200, _)) => return Ok(()),
@@ -112,9 +127,9 @@ pub fn wait_serving(
             Err(e) => e,
         };
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(NotServing::Timeout(format!(
                 "http://{addr}{path} not ready within {timeout:?}: {last}"
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
