@@ -9,19 +9,40 @@ use crate::load::Rng;
 use crate::Bench;
 use std::net::SocketAddr;
 use std::time::Instant;
-use testkit::callgrind::Callgrind;
+use testkit::callgrind::{Callgrind, Counts};
 use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::llm_d::LlmdReplica;
+
+/// Instructions per request, in all and by where they ran ([`Counts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PerRequest {
+    pub total: f64,
+    pub generated: f64,
+    pub libc: f64,
+}
+
+impl PerRequest {
+    fn of(counts: Counts, requests: usize) -> Self {
+        let per = |n: u64| n as f64 / requests as f64;
+        Self {
+            total: per(counts.total),
+            generated: per(counts.generated),
+            libc: per(counts.libc),
+        }
+    }
+}
 
 /// What was counted, per request.
 #[derive(Debug, Clone, Copy)]
 pub struct Counted {
-    pub least_request: f64,
-    pub picker: f64,
+    pub least_request: PerRequest,
+    pub picker: PerRequest,
     /// The picker with 256-byte blocks (64 of them: the same 16 KiB of prompt).
-    pub picker_coarse: f64,
-    /// Least request's requests timed outside callgrind (Envoy's CPU, in us): what turns
-    /// instructions into time on this machine.
+    pub picker_coarse: PerRequest,
+    /// Least request's requests timed outside callgrind, Envoy's user-space CPU in us per
+    /// request: callgrind counts user-space instructions only, so this is what turns them
+    /// into time on this machine (Envoy's CPU in all, kernel included, beside it).
+    pub least_request_user_us: f64,
     pub least_request_us: f64,
 }
 
@@ -59,17 +80,18 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
         send(bench, listener, &bodies)?;
         let mut result = Ok(());
         let started = Instant::now();
-        let busy = envoy.count(|| result = send(bench, listener, &bodies))?;
+        let busy = envoy.count_by_object(|| result = send(bench, listener, &bodies))?;
         result?;
         // What Envoy's timers cost over as long at rest (the picker's copy of the snapshot,
         // its singleton's ticks): under callgrind a request takes far longer than outside it,
         // so they would otherwise be charged to the requests.
         let span = started.elapsed();
-        let idle = envoy.count(|| std::thread::sleep(span))?;
-        counts.push(busy.saturating_sub(idle) as f64 / requests as f64);
+        let idle = envoy.count_by_object(|| std::thread::sleep(span))?;
+        counts.push(PerRequest::of(busy.saturating_sub(idle), requests));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    // The same requests to least request's Envoy, timed.
+    // The same requests to least request's Envoy, timed, many times over: user-space CPU
+    // is read in ticks of 10 ms.
     let envoy = testkit::envoy::Envoy::launch(&envoy_config(
         Policy::LeastRequest,
         &bench.wasm,
@@ -79,19 +101,42 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
     send(bench, envoy.listener, &bodies)?;
     let pid = envoy.pid();
     let window = std::time::Duration::from_secs(2);
-    let idle_start = crate::cpu_seconds(pid);
+    let (idle_start, idle_user_start) = (crate::cpu_seconds(pid), user_seconds(pid));
     // A measuring window, not a wait for something to happen.
     std::thread::sleep(window);
     let idle_rate = (crate::cpu_seconds(pid) - idle_start) / window.as_secs_f64();
-    let (cpu_start, started) = (crate::cpu_seconds(pid), std::time::Instant::now());
-    send(bench, envoy.listener, &bodies)?;
-    let cpu = crate::cpu_seconds(pid) - cpu_start - idle_rate * started.elapsed().as_secs_f64();
+    let idle_user_rate = (user_seconds(pid) - idle_user_start) / window.as_secs_f64();
+    let (cpu_start, user_start) = (crate::cpu_seconds(pid), user_seconds(pid));
+    let started = std::time::Instant::now();
+    for _ in 0..TIMED_PASSES {
+        send(bench, envoy.listener, &bodies)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let timed = (requests * TIMED_PASSES) as f64;
+    let cpu = crate::cpu_seconds(pid) - cpu_start - idle_rate * elapsed;
+    let user = user_seconds(pid) - user_start - idle_user_rate * elapsed;
     Ok(Counted {
         least_request: counts[0],
         picker: counts[1],
         picker_coarse: counts[2],
-        least_request_us: cpu * 1e6 / requests as f64,
+        least_request_user_us: user * 1e6 / timed,
+        least_request_us: cpu * 1e6 / timed,
     })
+}
+
+/// How many times the counted requests are sent again to be timed.
+const TIMED_PASSES: usize = 20;
+
+/// A process's user-space CPU seconds, all threads (`/proc/PID/stat`'s utime).
+fn user_seconds(pid: u32) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields[11].parse::<f64>().ok()
+        })
+        .map_or(0.0, |ticks| ticks / ticks_per_second)
 }
 
 /// Sends every body in turn on one connection; each must be answered 200.

@@ -99,6 +99,9 @@ impl Default for Weights {
     }
 }
 
+/// GIE's default block size, in bytes of prompt.
+pub const DEFAULT_BLOCK_BYTES: usize = 64;
+
 /// The prefix-cache scorer's parameters (GIE's `prefix-cache-scorer` plugin parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,7 +117,7 @@ pub struct PrefixConfig {
 impl Default for PrefixConfig {
     fn default() -> Self {
         Self {
-            block_bytes: 64,
+            block_bytes: DEFAULT_BLOCK_BYTES,
             max_blocks: 256,
             lru_capacity: 31_250,
         }

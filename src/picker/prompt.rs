@@ -16,6 +16,7 @@
 //! whatever the body's size. The model starts the hash chain and may come after the messages,
 //! hence the text is kept rather than hashed as it goes.
 
+use super::config::DEFAULT_BLOCK_BYTES;
 use super::xxhash::xxh64;
 
 const START: &[u8] = b"<|im_start|>";
@@ -216,16 +217,34 @@ pub fn block_hashes(model: &[u8], prompt: &[u8], block: usize, max_blocks: usize
     first.extend_from_slice(model);
     first.extend_from_slice(&prompt[..block]);
     hashes.push(xxh64(&first));
-    let mut buffer = vec![0; block + 8];
-    for index in 1..count {
+    // The default block size gets a buffer of constant size: its copies and the hash over it
+    // compile to straight loads and stores, where a copy of run-time length is a call out of
+    // the VM to memmove, once per block.
+    if block == DEFAULT_BLOCK_BYTES {
+        chain(
+            prompt,
+            block,
+            &mut [0; DEFAULT_BLOCK_BYTES + 8],
+            &mut hashes,
+        );
+    } else {
+        chain(prompt, block, &mut vec![0; block + 8], &mut hashes);
+    }
+    hashes
+}
+
+/// Hashes blocks 1.. of `prompt` into `hashes` (which holds block 0's), through `buffer` of
+/// `block + 8` bytes.
+#[inline(always)]
+fn chain(prompt: &[u8], block: usize, buffer: &mut [u8], hashes: &mut Vec<u64>) {
+    for index in 1..prompt.len() / block {
         buffer[..block].copy_from_slice(&prompt[index * block..(index + 1) * block]);
         if index >= 2 && block >= 8 {
             buffer[..8].copy_from_slice(&hashes[index - 2].to_le_bytes());
         }
         buffer[block..].copy_from_slice(&hashes[index - 1].to_le_bytes());
-        hashes.push(xxh64(&buffer));
+        hashes.push(xxh64(buffer));
     }
-    hashes
 }
 
 #[cfg(test)]
@@ -370,5 +389,27 @@ mod tests {
         assert_eq!(block_hashes(b"m", prompt.as_bytes(), 64, 4), hashes[..4]);
         // The model starts the chain.
         assert_ne!(block_hashes(b"n", prompt.as_bytes(), 64, 256)[0], hashes[0]);
+    }
+
+    #[test]
+    fn every_block_size_chains_as_specified() {
+        // The chain as documented, block by block, for the constant-size default and the
+        // run-time sizes alike.
+        let prompt: Vec<u8> = (0..2_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for block in [8, 24, 64, 100, 256] {
+            let mut expected: Vec<u64> = Vec::new();
+            for (index, bytes) in prompt.chunks_exact(block).take(16).enumerate() {
+                let mut input = if index == 0 { b"m".to_vec() } else { Vec::new() };
+                input.extend_from_slice(bytes);
+                if index >= 2 {
+                    input[..8].copy_from_slice(&expected[index - 2].to_le_bytes());
+                }
+                if index >= 1 {
+                    input.extend_from_slice(&expected[index - 1].to_le_bytes());
+                }
+                expected.push(xxh64(&input));
+            }
+            assert_eq!(block_hashes(b"m", &prompt, block, 16), expected, "{block}");
+        }
     }
 }

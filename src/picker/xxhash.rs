@@ -31,6 +31,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// XXH64 of `input` with seed 0.
+#[inline]
 pub fn xxh64(input: &[u8]) -> u64 {
     let len = input.len();
     let mut at = 0;
