@@ -368,14 +368,15 @@ run_tests() {
     case " $FAST_SUITES " in *" $name "*) ;; *) ensure_test_tools && break ;; esac
   done
   rm -rf "$LOG_DIR"
+  # --no-fail-fast: a failing test binary must not keep a suite's other binaries from running.
   want fmt && suite fmt cargo fmt --all -- --check
   want clippy && suite clippy cargo clippy --locked --workspace --all-targets -- -D warnings
-  want unit && suite unit cargo test --locked --workspace --lib --bins
-  want property && suite property cargo test --locked --workspace --test scanner --test response_readers --test multipart
-  want gateway && suite gateway cargo test --locked --workspace --test gateway
-  want k8s && suite k8s cargo test --locked --workspace --test k8s
-  want oci && suite oci cargo test --locked --workspace --test oci
-  want upstream && suite upstream cargo test --locked --workspace --test upstream
+  want unit && suite unit cargo test --locked --no-fail-fast --workspace --lib --bins
+  want property && suite property cargo test --locked --no-fail-fast --workspace --test scanner --test response_readers --test multipart
+  want gateway && suite gateway cargo test --locked --no-fail-fast --workspace --test gateway
+  want k8s && suite k8s cargo test --locked --no-fail-fast --workspace --test k8s
+  want oci && suite oci cargo test --locked --no-fail-fast --workspace --test oci
+  want upstream && suite upstream cargo test --locked --no-fail-fast --workspace --test upstream
   want bench-smoke-scanner && suite bench-smoke-scanner cargo bench --locked --workspace --bench scanner -- --smoke
   want bench-smoke-gateway && suite bench-smoke-gateway cargo bench --locked --workspace --bench gateway -- --smoke
   want bench-smoke-picker && suite bench-smoke-picker cargo bench --locked --workspace --bench picker -- --smoke

@@ -399,7 +399,11 @@ mod tests {
         for block in [8, 24, 64, 100, 256] {
             let mut expected: Vec<u64> = Vec::new();
             for (index, bytes) in prompt.chunks_exact(block).take(16).enumerate() {
-                let mut input = if index == 0 { b"m".to_vec() } else { Vec::new() };
+                let mut input = if index == 0 {
+                    b"m".to_vec()
+                } else {
+                    Vec::new()
+                };
                 input.extend_from_slice(bytes);
                 if index >= 2 {
                     input[..8].copy_from_slice(&expected[index - 2].to_le_bytes());
