@@ -82,9 +82,14 @@ pub fn grpc_cluster(name: &str, port: u16) -> String {
     )
 }
 
+/// Envoy's worker threads unless a case asks for more: two, so that whatever a worker keeps
+/// to itself shows.
+pub const WORKERS: usize = 2;
+
 /// envoy.yaml as the tests run it: free ports, the backends' real ports, the built filter.
 pub struct LocalGateway {
     config: String,
+    workers: usize,
 }
 
 impl LocalGateway {
@@ -96,6 +101,7 @@ impl LocalGateway {
     pub fn with_ports(ports: &[(u16, u16)]) -> Result<Self, String> {
         Ok(Self {
             config: render("envoy.yaml", ports)?,
+            workers: WORKERS,
         })
     }
 
@@ -111,8 +117,14 @@ impl LocalGateway {
         Ok(self)
     }
 
+    /// Runs Envoy with `workers` worker threads instead of [`WORKERS`].
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
     pub fn start(self) -> Result<Envoy, String> {
-        Envoy::launch(&self.config)
+        Envoy::launch_with_workers(&self.config, self.workers)
     }
 }
 
@@ -127,6 +139,11 @@ impl Envoy {
     /// configuration (`target/filter`, as in envoy.yaml) becomes one of this Envoy's own,
     /// seeded the way `./build.sh` seeds target/filter/.
     pub fn launch(config: &str) -> Result<Self, String> {
+        Self::launch_with_workers(config, WORKERS)
+    }
+
+    /// [`Envoy::launch`] with `workers` worker threads.
+    pub fn launch_with_workers(config: &str, workers: usize) -> Result<Self, String> {
         let envoy_bin = required_file("ENVOY_BIN");
         let dir = std::env::temp_dir().join(format!(
             "model-router-envoy-{}-{}",
@@ -151,7 +168,8 @@ impl Envoy {
                 .arg(&config_path)
                 .arg("--admin-address-path")
                 .arg(&admin_path)
-                .args(["--disable-hot-restart", "--concurrency", "2"])
+                .arg("--disable-hot-restart")
+                .args(["--concurrency", &workers.to_string()])
                 .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
                 .args(["--file-flush-interval-msec", "50"])
                 .stdin(Stdio::null())

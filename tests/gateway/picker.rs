@@ -348,7 +348,6 @@ fn a_spoofed_destination_header_is_ignored(world: &World) -> Outcome {
 }
 
 fn replicas_see_one_metrics_poll_per_period_whatever_the_workers(world: &World) -> Outcome {
-    // The shared gateway runs two workers (testkit::envoy); one poller serves both.
     let pooled: Vec<&Arc<Replica>> = world
         .backends
         .pools
@@ -356,24 +355,8 @@ fn replicas_see_one_metrics_poll_per_period_whatever_the_workers(world: &World) 
         .filter(|pool| pool.replicas.len() > 1)
         .flat_map(|pool| &pool.replicas)
         .collect();
-    let start: Vec<usize> = pooled.iter().map(|r| r.metrics_polls()).collect();
-    let started = Instant::now();
-    // A measuring window, not a wait for something to happen.
-    std::thread::sleep(Duration::from_secs(2));
-    let periods = started.elapsed().as_secs_f64() / PERIOD.as_secs_f64();
-    for (replica, start) in pooled.iter().zip(start) {
-        let polls = (replica.metrics_polls() - start) as f64;
-        ensure!(
-            polls <= periods * 1.2 + 2.0,
-            "{} was polled {polls} times in {periods:.0} periods: more than once per period",
-            replica.id
-        );
-        ensure!(
-            polls >= periods * 0.3,
-            "{} was polled only {polls} times in {periods:.0} periods",
-            replica.id
-        );
-    }
+    // The shared gateway runs two workers (testkit::envoy); one poller serves both.
+    expect_pollers(&pooled, 1)?;
     let age = world
         .envoy
         .stat(&endpoint_stat("metrics_age_ms", &llama_replicas(world)[0]));
@@ -381,6 +364,43 @@ fn replicas_see_one_metrics_poll_per_period_whatever_the_workers(world: &World) 
         age < 1000,
         "the snapshot age gauge says {age} ms: older than stale_after_ms"
     );
+    // A second gateway of six workers beside it adds one poller, not six.
+    let six = LocalGateway::new(&world.backends)?.workers(6).start()?;
+    ensure!(
+        six.stat("server.concurrency") == 6,
+        "the second gateway runs {} workers",
+        six.stat("server.concurrency")
+    );
+    for replica in llama_replicas(world) {
+        six.wait_stat(&endpoint_stat("metrics_fetches", replica), 1)?;
+    }
+    expect_pollers(&pooled, 2)
+}
+
+/// Over a window of about 40 periods, each replica is polled about `pollers` times a period:
+/// more than 1.2 times that (and a poll or two at the window's edges) is a poller too many,
+/// under 0.3 times that a poller missing.
+fn expect_pollers(replicas: &[&Arc<Replica>], pollers: usize) -> Outcome {
+    let start: Vec<usize> = replicas.iter().map(|r| r.metrics_polls()).collect();
+    let started = Instant::now();
+    // A measuring window, not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(2));
+    let periods = started.elapsed().as_secs_f64() / PERIOD.as_secs_f64();
+    let expected = periods * pollers as f64;
+    for (replica, start) in replicas.iter().zip(start) {
+        let polls = (replica.metrics_polls() - start) as f64;
+        ensure!(
+            polls <= expected * 1.2 + 2.0,
+            "{} was polled {polls} times in {periods:.0} periods by {pollers} Envoy(s): more than \
+             once per period each",
+            replica.id
+        );
+        ensure!(
+            polls >= expected * 0.3,
+            "{} was polled only {polls} times in {periods:.0} periods by {pollers} Envoy(s)",
+            replica.id
+        );
+    }
     Ok(())
 }
 
