@@ -1,6 +1,7 @@
 //! The OCI artifact: `build.sh` packages the filter reproducibly and pushes it to a real
 //! registry (Debian's docker-registry, on loopback); a standard client (skopeo) pulls it back
-//! in the shape Envoy Gateway's fetcher accepts, holding the very .wasm that was built.
+//! in the shape Envoy Gateway's fetcher accepts, holding the very .wasm that was built; and
+//! `push --write-k8s` pins that reference and digest in k8s/filter.yaml, changing nothing else.
 
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -63,6 +64,27 @@ fn digest_line(output: &str) -> String {
         .to_owned()
 }
 
+/// Puts a file back as it was when dropped, whatever the test found.
+struct Restore {
+    path: PathBuf,
+    original: String,
+}
+
+impl Restore {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            original: std::fs::read_to_string(path).unwrap(),
+        }
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        std::fs::write(&self.path, &self.original).expect("restore the file");
+    }
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -95,6 +117,32 @@ fn the_pushed_artifact_is_reproducible_and_comes_back_byte_identical() {
         .find_map(|l| l.strip_prefix("Docker-Content-Digest: sha256:"))
         .unwrap_or_else(|| panic!("no digest header in {head}"));
     assert_eq!(served.trim(), pushed);
+
+    // `--write-k8s` pins the pushed reference and digest in k8s/filter.yaml, and changes
+    // nothing else there.
+    let filter_yaml = root().join("k8s/filter.yaml");
+    let restore = Restore::new(&filter_yaml);
+    let repinned = digest_line(&build_sh(&["push", &reference, "--write-k8s"]));
+    assert_eq!(repinned, pushed);
+    let written = std::fs::read_to_string(&filter_yaml).unwrap();
+    let original = restore.original.lines().collect::<Vec<_>>();
+    let lines = written.lines().collect::<Vec<_>>();
+    assert_eq!(lines.len(), original.len(), "{written}");
+    let changed: Vec<(&str, &str)> = original
+        .iter()
+        .zip(&lines)
+        .filter(|(before, after)| before != after)
+        .map(|(before, after)| (*before, *after))
+        .collect();
+    assert_eq!(
+        changed
+            .iter()
+            .map(|(_, after)| after.trim())
+            .collect::<Vec<_>>(),
+        [format!("url: {reference}"), format!("sha256: {pushed}")],
+        "the lines --write-k8s changed in k8s/filter.yaml: {changed:?}"
+    );
+    drop(restore);
 
     // Pulled back by skopeo, by digest as the EnvoyExtensionPolicy pins it.
     let pulled = temp_dir("pulled");
