@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use testkit::form::{content_type, encode, Part, BOUNDARY};
+use testkit::form::{audio, audio_form, content_type, BOUNDARY};
 
 #[derive(Deserialize)]
 struct ModelOnly {
@@ -75,19 +75,6 @@ fn measure(parser: impl Fn(&[u8]) -> bool, body: &[u8], budget: Duration) -> f64
     best
 }
 
-/// An audio form of about `size` bytes, the model field last; `audio` gives the file's bytes.
-fn form(size: usize, audio: fn(u64) -> u8) -> Vec<u8> {
-    let file: Vec<u8> = (0..size as u64).map(audio).collect();
-    encode(
-        BOUNDARY,
-        &[
-            Part::field("language", "en"),
-            Part::file("file", "speech.wav", "audio/wav", file),
-            Part::field("model", "whisper-1"),
-        ],
-    )
-}
-
 /// The multipart scanner, fed the body in 64 KiB chunks as the filter reads it.
 fn multipart_scanner(body: &[u8]) -> bool {
     let mut scanner = MultipartScanner::new(BOUNDARY.as_bytes(), 256);
@@ -110,15 +97,16 @@ fn multipart_table(out: &mut String, budget: Duration) -> f64 {
             ))
             .is_ok_and(|m| m.is_some())
     };
-    let random = |i: u64| (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+    // The model field last: the scanner reads the whole file part.
+    let form = |file: Vec<u8>| audio_form("whisper-1", file, true);
     // Text with CRLF lines and dashes: the delimiter's first bytes everywhere.
     const CRLF_DASHES: &[u8] = b"--\r\n-- line of text\r\n";
-    let crlf_dashes = |i: u64| CRLF_DASHES[(i % CRLF_DASHES.len() as u64) as usize];
+    let crlf_dashes: Vec<u8> = CRLF_DASHES.iter().copied().cycle().take(1 << 20).collect();
     let bodies = [
-        ("form 64 KiB, random audio", form(64 << 10, random)),
-        ("form 1 MiB, random audio", form(1 << 20, random)),
-        ("form 1 MiB, CRLF and dashes", form(1 << 20, crlf_dashes)),
-        ("form 4 MiB, random audio", form(4 << 20, random)),
+        ("form 64 KiB, random audio", form(audio(64 << 10))),
+        ("form 1 MiB, random audio", form(audio(1 << 20))),
+        ("form 1 MiB, CRLF and dashes", form(crlf_dashes)),
+        ("form 4 MiB, random audio", form(audio(4 << 20))),
     ];
     let _ = writeln!(
         out,
