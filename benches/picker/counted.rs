@@ -12,6 +12,7 @@ use std::time::Instant;
 use testkit::callgrind::{Callgrind, Counts};
 use testkit::client::{request, Connection, Frames, Protocol};
 use testkit::llm_d::LlmdReplica;
+use testkit::process::user_cpu_seconds;
 
 /// Instructions per request, in all and by where they ran ([`Counts`]).
 #[derive(Debug, Clone, Copy)]
@@ -101,12 +102,12 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
     send(bench, envoy.listener, &bodies)?;
     let pid = envoy.pid();
     let window = std::time::Duration::from_secs(2);
-    let (idle_start, idle_user_start) = (crate::cpu_seconds(pid), user_seconds(pid));
+    let (idle_start, idle_user_start) = (crate::cpu_seconds(pid), user_cpu_seconds(pid));
     // A measuring window, not a wait for something to happen.
     std::thread::sleep(window);
     let idle_rate = (crate::cpu_seconds(pid) - idle_start) / window.as_secs_f64();
-    let idle_user_rate = (user_seconds(pid) - idle_user_start) / window.as_secs_f64();
-    let (cpu_start, user_start) = (crate::cpu_seconds(pid), user_seconds(pid));
+    let idle_user_rate = (user_cpu_seconds(pid) - idle_user_start) / window.as_secs_f64();
+    let (cpu_start, user_start) = (crate::cpu_seconds(pid), user_cpu_seconds(pid));
     let started = std::time::Instant::now();
     for _ in 0..TIMED_PASSES {
         send(bench, envoy.listener, &bodies)?;
@@ -114,7 +115,7 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
     let elapsed = started.elapsed().as_secs_f64();
     let timed = (requests * TIMED_PASSES) as f64;
     let cpu = crate::cpu_seconds(pid) - cpu_start - idle_rate * elapsed;
-    let user = user_seconds(pid) - user_start - idle_user_rate * elapsed;
+    let user = user_cpu_seconds(pid) - user_start - idle_user_rate * elapsed;
     Ok(Counted {
         least_request: counts[0],
         picker: counts[1],
@@ -126,18 +127,6 @@ pub fn count(bench: &Bench, requests: usize) -> Result<Counted, String> {
 
 /// How many times the counted requests are sent again to be timed.
 const TIMED_PASSES: usize = 20;
-
-/// A process's user-space CPU seconds, all threads (`/proc/PID/stat`'s utime).
-fn user_seconds(pid: u32) -> f64 {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            fields[11].parse::<f64>().ok()
-        })
-        .map_or(0.0, |ticks| ticks / ticks_per_second)
-}
 
 /// Sends every body in turn on one connection; each must be answered 200.
 fn send(bench: &Bench, listener: SocketAddr, bodies: &[Vec<u8>]) -> Result<(), String> {

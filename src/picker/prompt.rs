@@ -221,22 +221,18 @@ pub fn block_hashes(model: &[u8], prompt: &[u8], block: usize, max_blocks: usize
     // compile to straight loads and stores, where a copy of run-time length is a call out of
     // the VM to memmove, once per block.
     if block == DEFAULT_BLOCK_BYTES {
-        chain(
-            prompt,
-            block,
-            &mut [0; DEFAULT_BLOCK_BYTES + 8],
-            &mut hashes,
-        );
+        chain(prompt, &mut [0; DEFAULT_BLOCK_BYTES + 8], &mut hashes);
     } else {
-        chain(prompt, block, &mut vec![0; block + 8], &mut hashes);
+        chain(prompt, &mut vec![0; block + 8], &mut hashes);
     }
     hashes
 }
 
-/// Hashes blocks 1.. of `prompt` into `hashes` (which holds block 0's), through `buffer` of
-/// `block + 8` bytes.
+/// Hashes blocks 1.. of `prompt` into `hashes` (which holds block 0's), through `buffer`: a
+/// block and a hash.
 #[inline(always)]
-fn chain(prompt: &[u8], block: usize, buffer: &mut [u8], hashes: &mut Vec<u64>) {
+fn chain(prompt: &[u8], buffer: &mut [u8], hashes: &mut Vec<u64>) {
+    let block = buffer.len() - 8;
     for index in 1..prompt.len() / block {
         buffer[..block].copy_from_slice(&prompt[index * block..(index + 1) * block]);
         if index >= 2 && block >= 8 {

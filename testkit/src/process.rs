@@ -156,19 +156,34 @@ pub fn required_file(variable: &str) -> PathBuf {
     path
 }
 
+/// Clock ticks per second of `/proc/PID/stat`'s times (USER_HZ on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// `/proc/PID/stat`: the parent's pid, then user and system CPU in ticks (all threads).
+fn stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((
+        fields[1].parse().ok()?,
+        fields[11].parse().ok()?,
+        fields[12].parse().ok()?,
+    ))
+}
+
+/// User-space CPU seconds used so far by `pid` itself, all its threads.
+pub fn user_cpu_seconds(pid: u32) -> f64 {
+    stat(pid).map_or(0.0, |(_, user, _)| user as f64 / TICKS_PER_SECOND)
+}
+
 /// CPU seconds used so far by `pid` and all its descendants (user and system).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
     let stats: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
                 .filter_map(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                    let parent = fields[1].parse().ok()?;
-                    let cpu = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
-                    Some((p, parent, cpu))
+                    let (parent, user, system) = stat(p)?;
+                    Some((p, parent, user + system))
                 })
                 .collect()
         })
@@ -185,5 +200,5 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             }
         }
     }
-    total as f64 / ticks_per_second
+    total as f64 / TICKS_PER_SECOND
 }
